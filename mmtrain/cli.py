@@ -1,0 +1,122 @@
+"""`mmtrain <subcommand> [args]`: a thin dispatcher in front of the Hydra apps.
+
+Hydra owns sys.argv, so argparse cannot sit in front of it (Hydra issues 215, 443):
+this pops the subcommand and hands the rest to that subcommand's entry point. It is
+also the only place that turns errors into a message and an exit code. Nothing here
+imports torch, so `mmtrain --help` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# name -> (module with a `main()`, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("mmtrain.train", "train a model: stages from the config, then test (Hydra overrides)"),
+    "eval": ("mmtrain.eval", "evaluate a checkpoint: ckpt=PATH or run=DIR (Hydra overrides)"),
+}
+
+USAGE = """usage: mmtrain <command> [args]
+
+Train multimodal (image + text) models from Hydra configs.
+
+commands:
+{commands}
+
+Hydra commands take overrides (key=value, group=option, +experiment=NAME) and
+Hydra's own flags: --help, --cfg job, -m/--multirun, --config-dir DIR.
+
+examples:
+  mmtrain train                                  # synthetic data, runs anywhere
+  mmtrain train +experiment=mnist_imdb model/fusion=gated
+  mmtrain train -m optimizer.lr=1e-3,3e-4
+  mmtrain eval run=outputs/synthetic/2026-11-23_12-00-00
+
+Set HYDRA_FULL_ERROR=1 for a full traceback on errors.
+"""
+
+
+def _usage() -> str:
+    width = max(len(n) for n in SUBCOMMANDS)
+    lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    return USAGE.format(commands="\n".join(lines))
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra and OmegaConf messages span lines and carry a cause; say it in one line."""
+    parts = [str(exc)]
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in parts[0]:
+        parts.append(str(cause).splitlines()[0])
+    text = " ".join(parts).replace("\n\t", ", ").replace("\t", " ")
+    return " ".join(text.split())
+
+
+def _strip_subcommand_from_completion(name: str) -> None:
+    # Hydra's shell completion parses COMP_LINE itself; it must not see the subcommand.
+    line = os.environ.get("COMP_LINE")
+    if line:
+        words = line.split(" ", 2)
+        if len(words) >= 2 and words[1] == name:
+            os.environ["COMP_LINE"] = " ".join([words[0]] + words[2:])
+            point = int(os.environ.get("COMP_POINT", len(line)))
+            os.environ["COMP_POINT"] = str(max(0, point - len(name) - 1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        from mmtrain import __version__
+
+        print(f"mmtrain {__version__}")
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"mmtrain: error: unknown command '{name}' (choose from: {', '.join(SUBCOMMANDS)})",
+              file=sys.stderr)
+        sys.exit(2)
+
+    # Let Hydra raise instead of printing a trimmed traceback and exiting 1, so that
+    # errors come out as one line here; a user who set the variable keeps the traceback.
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    _strip_subcommand_from_completion(name)
+    sys.argv = [f"mmtrain {name}", *rest]
+    try:
+        importlib.import_module(SUBCOMMANDS[name][0]).main()
+    except KeyboardInterrupt:
+        print("mmtrain: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if full_error:
+            raise
+        sys.exit(_report(exc))
+
+
+def _report(exc: Exception) -> int:
+    from mmtrain.errors import MmtrainError
+
+    user_error = isinstance(exc, MmtrainError)
+    code = exc.exit_code if isinstance(exc, MmtrainError) else 1
+    try:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if isinstance(exc, (HydraException, OmegaConfBaseException)):
+            user_error, code = True, 2
+    except ImportError:
+        pass
+    message = _one_line(exc)
+    if not user_error:
+        message = f"{type(exc).__name__}: {message} (set HYDRA_FULL_ERROR=1 for the traceback)"
+    print(f"mmtrain: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    main()

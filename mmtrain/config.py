@@ -1,0 +1,195 @@
+"""The structured-config schema Hydra validates every run against, and start-up checks.
+
+The dataclasses type the parts the trainer reads directly; components built with
+`_target_` (data, encoders, fusions, tasks, optimizer, scheduler) are typed `Any`
+here and checked against their target's signature by `check_targets`, so a typo
+anywhere fails at start with the key, the class and the keys it accepts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from mmtrain.errors import ConfigError
+
+PRECISIONS = ("32", "bf16-mixed", "fp16-mixed")
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 0
+    """Also save `last.pt` every N optimizer steps inside an epoch (0: only at epoch ends)."""
+    keep_last: int = 1
+    """How many step-numbered copies of `last.pt` to keep besides it (1: just `last.pt`)."""
+    keep_best: int = 1
+    """How many best checkpoints (by the stage's monitor metric) to keep."""
+
+
+@dataclass
+class TrainerConfig:
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda or cuda:N."""
+    precision: str = "32"
+    """32, bf16-mixed or fp16-mixed (autocast; fp16 adds a GradScaler)."""
+    batch_size: int = 128
+    eval_batch_size: Optional[int] = None
+    """Defaults to 2 x batch_size: evaluation keeps no activations for backward."""
+    num_workers: int = 0
+    """DataLoader workers; 0 loads in the main process (fine for in-memory sets)."""
+    grad_clip: Optional[float] = 1.0
+    """Clip the global gradient norm to this value; null disables clipping."""
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    limit_train_batches: Optional[int] = None
+    """Stop each epoch after this many batches (smoke tests, benchmarks)."""
+    limit_eval_batches: Optional[int] = None
+    resume: Any = False
+    """false, true (the run dir's newest last.pt) or a checkpoint path."""
+    deterministic: bool = False
+    """Deterministic kernels; with precision=32 on the CPU a resumed run is bit-identical."""
+    compile: bool = False
+    progress: bool = True
+    """tqdm progress bars (rank 0 only)."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+@dataclass
+class StageConfig:
+    task: Any = MISSING
+    """The objective: a `_target_` node from the `task` config group."""
+    epochs: int = 1
+    freeze: List[str] = field(default_factory=list)
+    """Modules whose weights stay fixed: image_encoder, text_encoder, fusion, heads.<name>."""
+    lr: Optional[float] = None
+    """This stage's learning rate; null keeps the optimizer config's."""
+    lr_scale: Dict[str, float] = field(default_factory=dict)
+    """Per-module learning-rate factors, e.g. {image_encoder: 0.1} for a gentle fine-tune."""
+    monitor: Optional[str] = None
+    """Validation metric that picks best.pt; null uses the task's own."""
+
+
+@dataclass
+class ModelConfig:
+    image_encoder: Any = MISSING
+    text_encoder: Any = MISSING
+    fusion: Any = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    data: Any = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    stages: Dict[str, StageConfig] = field(default_factory=dict)
+    seed: int = 0
+    name: str = "synthetic"
+    """Experiment name: the run dir is outputs/<name>/<timestamp>."""
+    test: bool = True
+    """Evaluate the final model on the test split when training ends."""
+
+
+@dataclass
+class EvalConfig:
+    ckpt: Optional[str] = None
+    """A checkpoint file; or give `run` and the newest stage's best.pt is used."""
+    run: Optional[str] = None
+    split: str = "test"
+    device: str = "auto"
+    precision: str = "32"
+    batch_size: int = 256
+    num_workers: int = 0
+    limit_eval_batches: Optional[int] = None
+    data: Dict[str, Any] = field(default_factory=dict)
+    """Overrides merged into the checkpoint's data config (e.g. data.root=DIR)."""
+    out: Optional[str] = None
+    """Where metrics are written; default: next to the checkpoint's run dir."""
+    ablate: bool = False
+    """Also report every metric with the image blanked and with the text blanked."""
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+
+
+def _walk_targets(node: Any, path: str):
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node.keys():
+            child = node._get_node(key)
+            yield from _walk_targets(child, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i, child in enumerate(node):
+            yield from _walk_targets(child, f"{path}[{i}]")
+
+
+def _import_target(path: str) -> Any:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"cannot import _target_ '{path}': {e}") from None
+
+
+def check_targets(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
+    """Fail at start on a key that a `_target_` does not accept (a typo), naming the valid ones."""
+    for path, node in _walk_targets(cfg, ""):
+        if path.startswith(skip) or path.startswith("hydra"):
+            continue
+        target = _import_target(str(node._target_))
+        try:
+            sig = inspect.signature(target)
+        except (TypeError, ValueError):
+            continue
+        params = sig.parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        for key in node.keys():
+            if str(key).startswith("_"):
+                continue
+            if key not in params:
+                accepted = ", ".join(n for n in params if n not in ("self",)) or "nothing"
+                raise ConfigError(
+                    f"{path}.{key}: '{node._target_}' has no option '{key}' (it accepts: {accepted})"
+                )
+
+
+def check_missing(cfg: DictConfig) -> None:
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise ConfigError(
+            f"missing value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=..."
+        )
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Every start-up check that needs no data and no model."""
+    check_missing(cfg)
+    if cfg.trainer.precision not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={cfg.trainer.precision!r} is not one of {', '.join(PRECISIONS)}"
+        )
+    if not cfg.stages:
+        raise ConfigError("no stages to run: the experiment must define at least one under `stages`")
+    for name, stage in cfg.stages.items():
+        if stage.epochs < 0:
+            raise ConfigError(f"stages.{name}.epochs={stage.epochs} must be >= 0")
+    if cfg.trainer.accumulate_grad_batches < 1:
+        raise ConfigError("trainer.accumulate_grad_batches must be >= 1")
+    check_targets(cfg)

@@ -1,0 +1,1 @@
+"""The training engine: trainer loop, precision, checkpoints, optimizer, schedule, logging."""

@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class MmtrainError(Exception):
+    """Bad input the user can fix; the message says what and how."""
+
+    exit_code = 2
+
+
+class ConfigError(MmtrainError):
+    """A config value or combination that cannot work."""
+
+
+class DataError(MmtrainError):
+    """Missing, malformed or mismatched dataset files."""
+
+
+class CheckpointError(MmtrainError):
+    """A missing, corrupt or mismatched checkpoint."""

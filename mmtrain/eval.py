@@ -1,0 +1,103 @@
+"""`mmtrain eval ckpt=PATH | run=DIR`: a checkpoint's task metrics on a split."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from mmtrain.config import register_schemas
+from mmtrain.errors import CheckpointError, ConfigError
+from mmtrain.train import _write_json, build_tasks, config_dir
+
+log = logging.getLogger("mmtrain")
+
+
+def main() -> None:
+    register_schemas()
+    hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")(run)()
+
+
+def resolve_checkpoint(ckpt: str | None, run_dir: str | None) -> Path:
+    """ckpt=PATH as given; run=DIR -> the best.pt of the run's last stage that has one."""
+    if ckpt:
+        return Path(ckpt)
+    if not run_dir:
+        raise ConfigError("say what to evaluate: ckpt=path/to/best.pt or run=outputs/<name>/<time>")
+    root = Path(run_dir)
+    config = root / ".hydra" / "config.yaml"
+    if not root.is_dir():
+        raise CheckpointError(f"run dir not found: {root}")
+    names = list(OmegaConf.load(config).stages) if config.is_file() else \
+        sorted(p.name for p in (root / "checkpoints").glob("*") if p.is_dir())
+    for name in reversed(names):
+        best = root / "checkpoints" / str(name) / "best.pt"
+        if best.is_file():
+            return best
+    raise CheckpointError(f"{root} has no checkpoints/<stage>/best.pt: did its training finish a stage?")
+
+
+def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto",
+                        precision: str = "32", batch_size: int = 256, num_workers: int = 0,
+                        data_overrides: dict | None = None, ablate: bool = False,
+                        limit_eval_batches: int | None = None) -> dict[str, Any]:
+    """Rebuild data and model from the checkpoint alone and run its stage's task metrics."""
+    from mmtrain import data as data_lib
+    from mmtrain.data.loader import make_loader
+    from mmtrain.data.tokenizer import TextTokenizer
+    from mmtrain.engine.checkpoint import load_checkpoint, load_model_state
+    from mmtrain.engine.precision import resolve_device
+    from mmtrain.engine.trainer import evaluate
+    from mmtrain.models.model import build_model
+
+    ckpt = load_checkpoint(path)
+    cfg = OmegaConf.create(ckpt["config"])
+    if data_overrides:
+        cfg.data = OmegaConf.merge(cfg.data, data_overrides)
+    dev = resolve_device(device)
+    data = data_lib.build(cfg.data, tokenizer=TextTokenizer.from_json(ckpt["tokenizer"]))
+    model = build_model(cfg.model, data.info)
+    stages = {s.name: s for s in build_tasks(cfg, model, data.info)}
+    if ckpt["stage"] not in stages:
+        raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")
+    load_model_state(model, ckpt["model"], path)
+    model.to(dev)
+    task = stages[ckpt["stage"]].task
+    loader = make_loader(data.split(split), batch_size, train=False, num_workers=num_workers, device=dev)
+    result: dict[str, Any] = {"checkpoint": str(path), "stage": ckpt["stage"], "split": split}
+    result["metrics"] = evaluate(model, task, loader, dev, precision, limit=limit_eval_batches)
+    if ablate:
+        for blank in ("image", "text"):
+            result[f"metrics_without_{blank}"] = evaluate(model, task, loader, dev, precision,
+                                                          blank=(blank,), limit=limit_eval_batches)
+    return result
+
+
+def default_output(path: Path, split: str) -> Path:
+    """<run>/eval/<stage>_<file>_<split>.json for a checkpoint inside a run dir, else beside it."""
+    if path.parent.parent.name == "checkpoints":
+        return path.parent.parent.parent / "eval" / f"{path.parent.name}_{path.stem}_{split}.json"
+    return path.with_name(f"{path.stem}_eval_{split}.json")
+
+
+def run(cfg: DictConfig) -> None:
+    path = resolve_checkpoint(cfg.ckpt, cfg.run)
+    result = evaluate_checkpoint(path, cfg.split, device=cfg.device, precision=cfg.precision,
+                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                 data_overrides=OmegaConf.to_container(cfg.data),
+                                 ablate=cfg.ablate, limit_eval_batches=cfg.limit_eval_batches)
+    out = Path(cfg.out) if cfg.out else default_output(path, cfg.split)
+    _write_json(out, result)
+    keys = [k for k in result if k.startswith("metrics")]
+    names = list(result["metrics"])
+    header = f"{'metric':<16}" + "".join(f"{k.replace('metrics', 'both') if k == 'metrics' else k.replace('metrics_', ''):>18}" for k in keys)
+    print(f"{path} ({result['stage']}, {cfg.split} split)")
+    print(header)
+    for name in names:
+        print(f"{name:<16}" + "".join(f"{result[k][name]:>18.4f}" for k in keys))
+    print(f"written: {out}")
+    log.debug(json.dumps(result))

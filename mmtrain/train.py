@@ -1,0 +1,189 @@
+"""`mmtrain train`: config -> data -> model -> tasks -> trainer -> run dir."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mmtrain.config import check_train_config, register_schemas
+from mmtrain.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("mmtrain")
+
+
+def config_dir() -> str:
+    """The packaged configs of an installed wheel, else the repo's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise ConfigError(f"mmtrain's configs are missing (looked in {here / 'conf'}): reinstall the package")
+
+
+def main() -> None:
+    register_schemas()
+    hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(run)()
+
+
+def run(cfg: DictConfig) -> float | None:
+    """One Hydra job. Leaves status.json in the run dir whatever happens (sweep reports read it)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    status = run_dir / "status.json"
+    started = time.time()
+    _write_json(status, {"status": "running", "started": started})
+    try:
+        summary = train(cfg, run_dir)
+    except BaseException as e:
+        state = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        _write_json(status, {"status": state, "started": started, "ended": time.time(),
+                             "error": f"{type(e).__name__}: {e}"})
+        (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        raise
+    _write_json(status, {"status": "completed", "started": started, "ended": time.time()})
+    return summary.get("objective")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def find_resume(resume: Any, run_dir: Path, stage_names: list[str]) -> Path | None:
+    """trainer.resume: false | true (this run dir's newest last.pt, if any) | a run dir | a .pt file."""
+    if resume is False or resume is None or resume == "false":
+        return None
+    if resume is True or resume == "true":
+        base, required = run_dir, False
+    else:
+        base, required = Path(str(resume)), True
+        if base.is_file():
+            return base
+    for name in reversed(stage_names):
+        candidate = base / "checkpoints" / name / "last.pt"
+        if candidate.is_file():
+            return candidate
+    if required:
+        raise CheckpointError(f"trainer.resume={resume}: no checkpoints/<stage>/last.pt found there")
+    log.info("trainer.resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
+    return None
+
+
+def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
+    """Instantiate each stage's task once and attach its heads, in stage order."""
+    from mmtrain.engine.trainer import Stage
+
+    stages, by_name = [], {}
+    for name, stage_cfg in cfg.stages.items():
+        task = hydra.utils.instantiate(stage_cfg.task, _convert_="all")
+        if task.name in by_name:
+            earlier_cfg, earlier_task = by_name[task.name]
+            if earlier_cfg != stage_cfg.task:
+                raise ConfigError(f"stages.{name}.task uses head name '{task.name}' like an earlier stage "
+                                  f"with other settings: set stages.{name}.task.name to a new name")
+            task = earlier_task
+        else:
+            task.attach(model, info)
+            by_name[task.name] = (stage_cfg.task, task)
+        stages.append(Stage(name=str(name), task=task, epochs=stage_cfg.epochs,
+                            freeze=list(stage_cfg.freeze), lr=stage_cfg.lr,
+                            lr_scale=dict(stage_cfg.lr_scale),
+                            monitor=stage_cfg.monitor or task.monitor, monitor_mode=task.monitor_mode))
+    return stages
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    check_train_config(cfg)
+    import torch
+
+    from mmtrain import data as data_lib
+    from mmtrain.data.tokenizer import TextTokenizer
+    from mmtrain.engine.checkpoint import load_checkpoint, load_model_state
+    from mmtrain.engine.logger import MetricLogger
+    from mmtrain.engine.precision import resolve_device
+    from mmtrain.engine.trainer import Trainer, evaluate
+    from mmtrain.data.loader import make_loader
+    from mmtrain.models.model import build_model
+
+    stage_names = [str(n) for n in cfg.stages]
+    resume_path = find_resume(cfg.trainer.resume, run_dir, stage_names)
+    if resume_path is None and any((run_dir / "checkpoints").glob("*/*.pt")):
+        raise ConfigError(f"{run_dir} already holds checkpoints: pass trainer.resume=true to continue "
+                          f"that run, or choose another hydra.run.dir (nothing was overwritten)")
+    resume = load_checkpoint(resume_path) if resume_path else None
+    if resume is not None and "position" not in resume:
+        raise CheckpointError(f"{resume_path} is a best.pt (weights only): resume from a last.pt")
+
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    device = resolve_device(cfg.trainer.device)
+    tokenizer = TextTokenizer.from_json(resume["tokenizer"]) if resume else None
+    data = data_lib.build(cfg.data, tokenizer=tokenizer)
+    model = build_model(cfg.model, data.info)
+    stages = build_tasks(cfg, model, data.info)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    logger = MetricLogger(run_dir, tensorboard=cfg.logger.tensorboard)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("run dir: %s | device: %s | precision: %s | %.2fM parameters | %d/%d/%d train/val/test",
+             run_dir, device, cfg.trainer.precision, n_params / 1e6,
+             len(data.train), len(data.val), len(data.test))
+    if resume is not None:
+        log.info("resuming from %s at %s", resume_path, resume["position"])
+
+    trainer = Trainer(model, data, run_dir, trainer_cfg=cfg.trainer, optimizer_cfg=cfg.optimizer,
+                      scheduler_cfg=cfg.scheduler, device=device, seed=cfg.seed, config=container,
+                      logger=logger)
+    try:
+        results = trainer.fit(stages, resume=resume)
+    finally:
+        logger.close()
+
+    final = stages[-1]
+    summary: dict[str, Any] = {"stages": results, "run_dir": str(run_dir)}
+    best_path = trainer.checkpoint_path(final.name, "best")
+    summary["objective"] = results[final.name]["best"]["value"]
+    if cfg.test:
+        load_model_state(model, load_checkpoint(best_path)["model"], best_path)
+        loader = make_loader(data.test, trainer.eval_batch_size, train=False,
+                             num_workers=cfg.trainer.num_workers, device=device)
+        summary["test"] = evaluate(model, final.task, loader, device, cfg.trainer.precision)
+        summary["test_checkpoint"] = str(best_path)
+    _write_json(run_dir / "metrics.json", summary)
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    rows = []
+    for stage, res in summary["stages"].items():
+        for k, v in res["val"].items():
+            rows.append((f"{stage}/val", k, v))
+    for k, v in summary.get("test", {}).items():
+        rows.append(("test", k, v))
+    width = max((len(r[0]) + len(r[1]) + 1 for r in rows), default=10)
+    lines = [f"{'metric':<{width}}  value", "-" * (width + 10)]
+    lines += [f"{scope + '/' + name:<{width}}  {value:.4f}" for scope, name, value in rows]
+    lines.append(f"run dir: {summary['run_dir']}")
+    print("\n".join(lines), flush=True)
