@@ -17,7 +17,7 @@ class CNNEncoder(nn.Module):
         layers, channels = [], in_channels
         for i in range(depth):
             out = width * 2**i
-            layers += [nn.Conv2d(channels, out, 3, stride=2 if i > 0 else 1, padding=1, bias=False),
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
                        nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
             channels = out
         self.features = nn.Sequential(*layers)
