@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+from typing import Any, TextIO
 
 # name -> (module with a `main()`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -46,12 +48,32 @@ def _usage() -> str:
 
 def _one_line(exc: BaseException) -> str:
     """Hydra and OmegaConf messages span lines and carry a cause; say it in one line."""
-    parts = [str(exc)]
+    # Hydra appends its config search path to an unknown choice: noise for a user.
+    parts = [str(exc).split("Config search path")[0]]
     cause = exc.__cause__ or exc.__context__
     if cause is not None and str(cause) and str(cause) not in parts[0]:
         parts.append(str(cause).splitlines()[0])
-    text = " ".join(parts).replace("\n\t", ", ").replace("\t", " ")
+    text = " ".join(p.strip() for p in parts)
+    text = re.sub(r":\s*\n\t", ": ", text).replace("\n\t", ", ")
     return " ".join(text.split())
+
+
+class _DropHydraJobLine:
+    """Hydra writes 'Error executing job with overrides: [...]' to stderr before raising;
+    for a single run that repeats what the user typed, so the one error line stands alone."""
+
+    prefix = "Error executing job with overrides:"
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.prefix):
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def _strip_subcommand_from_completion(name: str) -> None:
@@ -87,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     _strip_subcommand_from_completion(name)
     sys.argv = [f"mmtrain {name}", *rest]
+    if not {"-m", "--multirun"} & set(rest):
+        sys.stderr = _DropHydraJobLine(sys.stderr)
     try:
         importlib.import_module(SUBCOMMANDS[name][0]).main()
     except KeyboardInterrupt:

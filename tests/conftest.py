@@ -1,0 +1,58 @@
+"""Shared helpers: compose the real configs, train tiny models in-process, run the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from mmtrain.config import register_schemas
+from mmtrain.train import config_dir
+
+# Small enough to train in seconds on 2 cores, big enough to learn something.
+TINY = [
+    "data.n_train=512", "data.n_val=128", "data.n_test=128",
+    "model.image_encoder.width=8", "model.image_encoder.dim=32",
+    "model.text_encoder.embed_dim=16", "model.text_encoder.hidden_dim=16",
+    "model.fusion.dim=32", "stages.pretrain.epochs=1", "stages.finetune.epochs=1",
+    "trainer.batch_size=64", "trainer.progress=false", "logger.tensorboard=false",
+]
+
+
+def compose_train(overrides: list[str] | None = None) -> DictConfig:
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides or []))
+
+
+def train_in_process(run_dir: Path, overrides: list[str] | None = None) -> dict:
+    from mmtrain.train import train
+
+    return train(compose_train(overrides), run_dir)
+
+
+def mmtrain_exe() -> list[str]:
+    """The installed console script (falls back to `python -m mmtrain` if it is not on PATH)."""
+    exe = shutil.which("mmtrain", path=str(Path(sys.executable).parent)) or shutil.which("mmtrain")
+    return [exe] if exe else [sys.executable, "-m", "mmtrain"]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 240, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(mmtrain_exe() + args, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)

@@ -1,0 +1,92 @@
+"""The installed `mmtrain` command: help, errors as one line, train -> eval end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, run_cli
+
+
+def test_top_level_help_lists_commands_without_importing_torch(tmp_path):
+    code = ("import sys; from mmtrain import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "assert 'torch' not in sys.modules and 'hydra' not in sys.modules, 'imported too much'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "train" in out.stdout and "eval" in out.stdout
+
+
+def test_unknown_command_is_one_line_and_exit_2(tmp_path):
+    out = run_cli(["trian"], tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "unknown command 'trian'" in out.stderr
+
+
+def test_hydra_help_and_cfg_work_through_the_subcommand(tmp_path):
+    out = run_cli(["train", "--help"], tmp_path)
+    assert out.returncode == 0 and "model/fusion: concat" in out.stdout.replace(", ", ",").replace(",", ", ")
+    out = run_cli(["train", "--cfg", "job", "model/fusion=sum"], tmp_path)
+    assert out.returncode == 0 and "SumFusion" in out.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "trainer.epochz=3"], "epochz"),
+    (["train", "model/fusion=gatd"], "Available options in 'model/fusion': concat"),
+    (["train", "trainer.batch_size=abc"], "abc"),
+    (["train", "+model.fusion.dimm=3"], "has no option 'dimm' (it accepts: image_dim, text_dim, dim"),
+    (["eval", "ckpt=missing.pt"], "checkpoint not found: missing.pt"),
+    (["eval"], "ckpt=path/to/best.pt or run="),
+])
+def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, args, needle):
+    out = run_cli(args, tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("mmtrain: error:") and needle in lines[0], lines[0]
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.pt"))
+
+
+def test_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    out = run_cli(["eval", f"ckpt={bad}"], tmp_path)
+    assert out.returncode == 2
+    assert "corrupt or not an mmtrain checkpoint" in out.stderr and str(bad) in out.stderr
+    assert bad.read_bytes().startswith(b"PK")  # left as it was
+
+
+def test_train_then_eval_with_the_installed_command(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run_cli(["train", *TINY, "logger.tensorboard=true", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"run dir: {run_dir}" in out.stdout and "test/accuracy" in out.stdout
+    for path in [".hydra/config.yaml", "checkpoints/pretrain/last.pt", "checkpoints/pretrain/best.pt",
+                 "checkpoints/finetune/last.pt", "checkpoints/finetune/best.pt", "metrics.json",
+                 "log.jsonl", "train.log"]:
+        assert (run_dir / path).is_file(), path
+    assert any((run_dir / "tb").iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["stages"]) == {"pretrain", "finetune"}
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+    out = run_cli(["eval", f"run={run_dir}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((run_dir / "eval" / "finetune_best_test.json").read_text())
+    # The same checkpoint on the same split: the figures training reported.
+    for name, value in metrics["test"].items():
+        assert result["metrics"][name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_multirun_makes_one_run_dir_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_cli(["train", "-m", *TINY, "stages.pretrain.epochs=0", "model/fusion=concat,sum",
+                   f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
+        assert (sweep / job / "metrics.json").is_file()

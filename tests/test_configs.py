@@ -1,0 +1,76 @@
+"""Every config under conf/ composes against the schema and builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmtrain.config import check_train_config
+from mmtrain.data import DataInfo
+from mmtrain.models.model import build_model
+from mmtrain.train import build_tasks, config_dir
+from tests.conftest import compose_train
+
+CONF = Path(config_dir())
+GROUPS = ["data", "model/image_encoder", "model/text_encoder", "model/fusion", "stages",
+          "optimizer", "scheduler", "trainer"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _fake_info(cfg) -> DataInfo:
+    """Model-building facts for data configs whose files are not on this machine."""
+    return DataInfo(image_channels=3, image_size=32, vocab_size=100, pad_id=0,
+                    num_classes={"label": 20, "digit": 10, "sentiment": 2},
+                    modality_labels={"image": "digit", "text": "sentiment"})
+
+
+CASES = [f"{g}={o}" for g in GROUPS for o in _options(g)] + \
+        [f"+experiment={o}" for o in _options("experiment")]
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert _options(group), f"conf/{group} has no options"
+
+
+@pytest.mark.parametrize("override", CASES)
+def test_config_composes_and_builds(override):
+    cfg = compose_train([override])
+    check_train_config(cfg)
+    model = build_model(cfg.model, _fake_info(cfg))
+    stages = build_tasks(cfg, model, _fake_info(cfg))
+    assert [s.name for s in stages] == list(cfg.stages)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_task_of_a_stage_can_be_swapped_from_the_command_line():
+    cfg = compose_train(["task@stages.finetune.task=contrastive"])
+    assert cfg.stages.finetune.task._target_.endswith("ContrastiveTask")
+
+
+def test_stage_epochs_override():
+    cfg = compose_train(["stages.finetune.epochs=7"])
+    assert cfg.stages.finetune.epochs == 7
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["+model.fusion.dimm=3"], "has no option 'dimm'"),
+    (["trainer.precision=fp8"], "trainer.precision"),
+    (["stages.finetune.epochs=-1"], "epochs"),
+])
+def test_bad_values_fail_the_start_checks(override, needle):
+    from mmtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        check_train_config(compose_train(override))
+
+
+def test_misspelled_key_fails_at_compose_time():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="trainer.epochz"):
+        compose_train(["trainer.epochz=3"])

@@ -1,0 +1,71 @@
+"""The synthetic set is deterministic, split cleanly, and needs both modalities."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmtrain.data.batch import collate
+from mmtrain.data.loader import make_loader
+from mmtrain.data.synthetic import SHAPES, build_synthetic, generate
+from mmtrain.models.image_encoder import CNNEncoder
+from mmtrain.models.model import MultimodalModel, blank_modalities
+from mmtrain.models.fusion import ConcatFusion
+from mmtrain.models.text_encoder import GRUEncoder
+from mmtrain.tasks.classification import ClassificationTask
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    a_img, a_cap, a_lab = generate(64, 32, seed=3)
+    b_img, b_cap, b_lab = generate(64, 32, seed=3)
+    c_img, c_cap, _ = generate(64, 32, seed=4)
+    assert (a_img == b_img).all() and a_cap == b_cap and (a_lab == b_lab).all()
+    assert not (a_img == c_img).all() and a_cap != c_cap
+
+
+def test_captions_never_name_the_shape_of_the_referred_object():
+    _, captions, labels = generate(300, 32, seed=0)
+    for caption, label in zip(captions, labels):
+        referred = caption.split(" and ")[0].split(" , ")[0].split(" beside ")[0]
+        assert SHAPES[label] not in referred.split(), caption
+
+
+def test_tokenizer_is_fitted_on_training_captions_only():
+    bundle = build_synthetic(n_train=50, n_val=20, n_test=20, seed=1)
+    assert bundle.tokenizer.vocab_size < 100
+    batch = collate(bundle.test.__getitems__(list(range(8))))
+    assert batch["text"].shape[0] == 8 and batch["text_lengths"].max() == batch["text"].shape[1]
+
+
+def _train_accuracy(blank: tuple[str, ...], epochs: int = 4) -> float:
+    torch.manual_seed(0)
+    bundle = build_synthetic(n_train=3000, n_val=10, n_test=600, seed=0)
+    info = bundle.info
+    model = MultimodalModel(CNNEncoder(3, 32, width=16, dim=64), GRUEncoder(info.vocab_size, hidden_dim=64),
+                            ConcatFusion(64, 128, dim=128), info.image_mean, info.image_std)
+    task = ClassificationTask(hidden_dim=128, dropout=0.0)
+    task.attach(model, info)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loader = make_loader(bundle.train, 100, train=True)
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            loss = task.training_step(model, blank_modalities(batch, blank))["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    test = make_loader(bundle.test, 300, train=False)
+    with torch.no_grad():
+        return task.evaluate(model, (blank_modalities(b, blank) for b in test))["accuracy"]
+
+
+def test_one_modality_alone_does_clearly_worse_than_both():
+    both = _train_accuracy(())
+    image_only = _train_accuracy(("text",))
+    text_only = _train_accuracy(("image",))
+    # Ceilings of the data: image alone 2/3 (which object is meant is in the text),
+    # text alone 1/3 (the referred shape is never named).
+    assert image_only < 0.75, image_only
+    assert text_only < 0.45, text_only
+    assert both > image_only + 0.1, (both, image_only)
