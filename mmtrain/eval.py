@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,6 @@ from mmtrain.config import register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.train import _write_json, build_tasks, config_dir
 
-log = logging.getLogger("mmtrain")
 
 
 def main() -> None:
@@ -92,12 +89,12 @@ def run(cfg: DictConfig) -> None:
                                  ablate=cfg.ablate, limit_eval_batches=cfg.limit_eval_batches)
     out = Path(cfg.out) if cfg.out else default_output(path, cfg.split)
     _write_json(out, result)
-    keys = [k for k in result if k.startswith("metrics")]
-    names = list(result["metrics"])
-    header = f"{'metric':<16}" + "".join(f"{k.replace('metrics', 'both') if k == 'metrics' else k.replace('metrics_', ''):>18}" for k in keys)
-    print(f"{path} ({result['stage']}, {cfg.split} split)")
-    print(header)
-    for name in names:
-        print(f"{name:<16}" + "".join(f"{result[k][name]:>18.4f}" for k in keys))
+    columns = {"both": result["metrics"]}
+    for blank in ("image", "text"):
+        if f"metrics_without_{blank}" in result:
+            columns[f"without {blank}"] = result[f"metrics_without_{blank}"]
+    print(f"{path} ({result['stage']} stage, {cfg.split} split)")
+    print(f"{'metric':<16}" + "".join(f"{c:>16}" for c in columns))
+    for name in result["metrics"]:
+        print(f"{name:<16}" + "".join(f"{col[name]:>16.4f}" for col in columns.values()))
     print(f"written: {out}")
-    log.debug(json.dumps(result))
