@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from mmtrain.data import DataBundle, DataInfo
 from mmtrain.data.cache import CACHE_DIR, cache_key, file_identity, tokenized_corpus
@@ -83,6 +84,9 @@ class CocoImages:
     def __init__(self, paths: list[str], size: int, cache_file: Path | None = None) -> None:
         self.paths, self.size, self.cache_file = paths, size, cache_file
         self._cache: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if self.cache_file is None:
@@ -214,15 +218,19 @@ def _image_cache(root: Path, records: Records, size: int, workers: int) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records.paths), 3, size, size))
-    decoder = CocoImages(records.paths, size)
-    loader = DataLoader(range(len(records.paths)), batch_size=64, num_workers=workers,
-                        collate_fn=lambda idx: (idx[0], torch.stack([decoder[i] for i in idx])))
-    for start, batch in loader:
-        out[start : start + batch.shape[0]] = batch.numpy()
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    try:
+        out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records.paths), 3, size, size))
+        loader = DataLoader(CocoImages(records.paths, size), batch_size=64,
+                            num_workers=min(workers, os.cpu_count() or 1))
+        start = 0
+        for batch in tqdm(loader, desc=f"caching {len(records.paths)} images", leave=False):
+            out[start : start + batch.shape[0]] = batch.numpy()
+            start += batch.shape[0]
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
