@@ -84,11 +84,11 @@ def main() -> None:
         fixtures.write_coco(args.root, need + 10, 20, karpathy=False)
     common = [f"data.root={args.root}", f"trainer.batch_size={args.batch_size}",
               f"trainer.num_workers={args.num_workers}"]
+    coco = ["+experiment=coco_clip", f"data.image_size={args.image_size}", "data.n_val=10"]
     pipelines = {
         "mnist_imdb (in memory)": ["+experiment=mnist_imdb"],
-        "coco (decode in loader)": ["+experiment=coco_clip", f"data.image_size={args.image_size}", "data.n_val=10"],
-        "coco (uint8 image cache)": ["+experiment=coco_clip", f"data.image_size={args.image_size}", "data.n_val=10",
-                                     "data.cache_images=true"],
+        "coco (decode in loader)": coco,
+        "coco (uint8 image cache)": coco + ["data.cache_images=true"],
     }
     print(f"torch threads {torch.get_num_threads()}, workers {args.num_workers}, batch {args.batch_size}, "
           f"{args.batches} batches, COCO images {args.image_size}px")

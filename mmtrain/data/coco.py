@@ -40,6 +40,9 @@ log = logging.getLogger("mmtrain")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+Entry = tuple[str, int, list[str]]
+"""One image of a split: (file path, image id, its captions)."""
+
 
 @dataclass
 class Records:
@@ -71,8 +74,9 @@ def load_image(path: str, size: int) -> torch.Tensor:
             picture.draft("RGB", (size, size))
             pixels = np.array(picture.convert("RGB"))           # H x W x 3 uint8
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot decode image {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
-                        f"replace the file, or remove it and pass data.missing_images=skip") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot decode image {path} ({reason}): replace the file, "
+                        f"or remove it and pass data.missing_images=skip") from None
     image = torch.from_numpy(pixels).permute(2, 0, 1)
     image = TF.resize(image, size, antialias=True)
     return TF.center_crop(image, [size, size]).contiguous()
@@ -127,11 +131,14 @@ class CocoTrainDataset(Dataset):
 class CocoPairsDataset(Dataset):
     """One sample per (image, caption) pair, image by image, captions in annotation order."""
 
-    def __init__(self, images: CocoImages, records: Records, ids: torch.Tensor, lengths: torch.Tensor) -> None:
+    def __init__(self, images: CocoImages, records: Records, ids: torch.Tensor,
+                 lengths: torch.Tensor) -> None:
         self.images, self.records, self.ids, self.lengths = images, records, ids, lengths
-        self.image_of = torch.repeat_interleave(torch.arange(len(records.paths)), records.count)
-        self.row = torch.cat([torch.arange(int(f), int(f + c)) for f, c in zip(records.first, records.count)]) \
-            if len(records.paths) else torch.zeros(0, dtype=torch.long)
+        count = records.count
+        self.image_of = torch.repeat_interleave(torch.arange(len(count)), count)         # pairs
+        start_of_image = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        within = torch.arange(int(count.sum())) - start_of_image                         # 0..count-1
+        self.row = torch.repeat_interleave(records.first, count) + within
 
     def __len__(self) -> int:
         return self.row.shape[0]
@@ -157,8 +164,8 @@ def read_json(path: Path, keys: tuple[str, ...], root: Path, year: int) -> dict[
     return doc
 
 
-def _official(root: Path, year: int) -> tuple[list[tuple[str, int, list[str]]], list[tuple[str, int, list[str]]], list[Path]]:
-    """-> (train<year> entries, val<year> entries) as (path, image_id, captions), sorted by id."""
+def _official(root: Path, year: int) -> tuple[list[Entry], list[Entry], list[Path]]:
+    """-> (train<year> entries, val<year> entries, the JSON files), entries sorted by image id."""
     files, out = [], []
     for split in ("train", "val"):
         path = root / "annotations" / f"captions_{split}{year}.json"
@@ -173,7 +180,7 @@ def _official(root: Path, year: int) -> tuple[list[tuple[str, int, list[str]]], 
     return out[0], out[1], files
 
 
-def _karpathy(root: Path, karpathy_file: str) -> dict[str, list[tuple[str, int, list[str]]]]:
+def _karpathy(root: Path, karpathy_file: str) -> dict[str, list[Entry]]:
     path = Path(karpathy_file) if Path(karpathy_file).is_absolute() else root / karpathy_file
     if not path.is_file():
         raise DataError(f"Karpathy split file {path} is missing: place dataset_coco.json there "
@@ -255,7 +262,8 @@ def build_coco_captions(
     if missing_images not in ("error", "skip"):
         raise DataError(f"data.missing_images={missing_images!r}: choose error or skip")
     root_path = Path(root).expanduser()
-    if download and karpathy_file is None and not (root_path / "annotations" / f"captions_val{year}.json").is_file():
+    if download and not all((root_path / name).exists() for name in (
+            f"annotations/captions_train{year}.json", f"train{year}", f"val{year}")):
         download_dataset("coco", root_path, year=year)
     if karpathy_file:
         groups = _karpathy(root_path, karpathy_file)
@@ -296,8 +304,10 @@ def build_coco_captions(
             raise DataError(f"COCO {split} split is empty under {root_path}")
         cache_file = _image_cache(root_path, rec, image_size, cache_workers) if cache_images else None
         images = CocoImages(rec.paths, image_size, cache_file)
-        datasets[split] = (CocoTrainDataset(images, rec, tokens["ids"], tokens["lengths"], seed) if split == "train"
-                           else CocoPairsDataset(images, rec, tokens["ids"], tokens["lengths"]))
+        if split == "train":
+            datasets[split] = CocoTrainDataset(images, rec, tokens["ids"], tokens["lengths"], seed)
+        else:
+            datasets[split] = CocoPairsDataset(images, rec, tokens["ids"], tokens["lengths"])
     info = DataInfo(image_channels=3, image_size=image_size, vocab_size=tokenizer.vocab_size,
                     pad_id=tokenizer.pad_id, num_classes={}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     return DataBundle(datasets["train"], datasets["val"], datasets["test"], tokenizer, info)

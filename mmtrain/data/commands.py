@@ -16,18 +16,19 @@ DATASETS = ("mnist_imdb", "coco")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmtrain data", description="Download real datasets or write fixtures.")
+    p = argparse.ArgumentParser(prog="mmtrain data",
+                                description="Download the real datasets or write small fake ones.")
     sub = p.add_subparsers(dest="action", required=True)
     dl = sub.add_parser("download", help="fetch, verify (MD5) and extract the official archives")
     dl.add_argument("dataset", choices=DATASETS)
     dl.add_argument("--root", default=os.environ.get("MMTRAIN_DATA", "data"),
                     help="data root (default: $MMTRAIN_DATA or ./data)")
     dl.add_argument("--year", type=int, default=2017, help="COCO release: 2017 or 2014")
-    dl.add_argument("--mirror", default=None,
-                    help="fetch every file from MIRROR/<file name> (default: $MMTRAIN_DATA_MIRROR, else the publishers)")
+    dl.add_argument("--mirror", default=None, help="fetch every file from MIRROR/<file name> "
+                    "(default: $MMTRAIN_DATA_MIRROR, else the publishers' URLs)")
     dl.add_argument("--delete-archives", action="store_true", help="remove each archive once extracted")
     dl.add_argument("--no-progress", action="store_true")
-    sy = sub.add_parser("synth", help="write a small fake dataset in the official layout (for tests and demos)")
+    sy = sub.add_parser("synth", help="write a small fake dataset in the official layout (tests, demos)")
     sy.add_argument("dataset", choices=DATASETS)
     sy.add_argument("--out", required=True, help="folder to write; use it as data.root")
     sy.add_argument("--year", type=int, default=2017)

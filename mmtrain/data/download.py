@@ -149,7 +149,8 @@ def extract(archive: Path, dest: Path) -> None:
         elif name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 for member in zf.namelist():
-                    if os.path.isabs(member) or member.startswith(("/", "\\")) or not _inside(root, member):
+                    unsafe = os.path.isabs(member) or member.startswith(("/", "\\"))
+                    if unsafe or not _inside(root, member):
                         raise DataError(f"{archive} holds '{member}', a path outside {dest}: "
                                         f"refusing to extract it (the archive is unsafe or corrupt)")
                 zf.extractall(dest)

@@ -41,6 +41,11 @@ def read_review(path: Path) -> str:
     return text
 
 
+def _review_id(path: Path) -> tuple[int, str]:
+    head = path.stem.split("_")[0]
+    return (int(head) if head.isdigit() else -1, path.name)
+
+
 def _acl_files(root: Path, split: str) -> list[tuple[Path, int]]:
     files = []
     for label, folder in enumerate(("neg", "pos")):
@@ -48,8 +53,7 @@ def _acl_files(root: Path, split: str) -> list[tuple[Path, int]]:
         if not d.is_dir():
             raise DataError(f"IMDB folder {d} is missing")
         # Sorted by review id so the order (and so the pairing) never depends on the filesystem.
-        names = sorted((p for p in d.iterdir() if p.suffix == ".txt"),
-                       key=lambda p: (int(p.stem.split("_")[0]) if p.stem.split("_")[0].isdigit() else 0, p.name))
+        names = sorted((p for p in d.iterdir() if p.suffix == ".txt"), key=_review_id)
         files += [(p, label) for p in names]
     if not files:
         raise DataError(f"IMDB folder {root / 'aclImdb' / split} holds no reviews")

@@ -86,7 +86,8 @@ def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return images.unsqueeze(1).contiguous(), digits.long()
 
 
-def pair_indices(n_images: int, n_texts: int, n: int, seed: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_indices(n_images: int, n_texts: int, n: int, seed: int,
+                 split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The pairing rule: pair i = (image perm[i mod n_images], text perm[i mod n_texts])."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + SPLIT_STREAM[split])
     images, texts = torch.randperm(n_images, generator=g), torch.randperm(n_texts, generator=g)
@@ -134,6 +135,9 @@ def build_mnist_imdb(
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1")
     text = {"format": "aclimdb", "csv_file": "IMDB Dataset.csv", **(text or {})}
+    if set(text) - {"format", "csv_file"}:
+        raise DataError(f"data.text has no option {sorted(set(text) - {'format', 'csv_file'})[0]!r} "
+                        f"(it accepts: format, csv_file)")
     root_path = Path(root).expanduser()
     if download and not _present(root_path, text["format"], text["csv_file"]):
         download_dataset("mnist_imdb", root_path)
