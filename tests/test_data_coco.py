@@ -160,3 +160,10 @@ def test_coco_clip_from_the_cli_aligns_images_and_captions_above_chance(tmp_path
     val = metrics["stages"]["pretrain"]["val"]
     # 100 validation captions of 20 images: recall@5 by chance is about 0.05 (per caption) / 0.25 (per image).
     assert val["t2i_r5"] > 0.5 and val["i2t_r5"] > 0.15, val
+
+
+def test_2014_layout_is_read_with_data_year(tmp_path):
+    root = coco_fixture(tmp_path, n_train=6, n_val=3, year=2014)
+    assert (root / "train2014/COCO_train2014_000000000001.jpg").is_file()
+    bundle = build(root, year=2014, n_val=2)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (4, 10, 15)
