@@ -174,3 +174,11 @@ def test_download_errors_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch):
         mmtrain_in_process(monkeypatch, ["data", "download", "coco", "--year", "2015", "--root", str(tmp_path)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "COCO year 2015 is not available" in err
+
+
+def test_http_error_names_the_url_and_keeps_a_partial_file_for_resuming(server, tmp_path):
+    url, _, _ = server
+    dest = tmp_path / "gone.bin"
+    dest.with_name("gone.bin.part").write_bytes(b"partial")
+    with pytest.raises(DataError, match=r"downloading .*/gone.bin failed: HTTP 404.*gone.bin.part is kept"):
+        dl.fetch(f"{url}/gone.bin", dest, "0" * 32, progress=False)

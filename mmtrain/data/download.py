@@ -100,6 +100,7 @@ def fetch(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    failure = None
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             if have and response.status != 206:  # the server ignored Range: start over
@@ -114,14 +115,14 @@ def fetch(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
                     out.write(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # the partial file is already complete
-            pass
-        else:
-            raise DataError(f"downloading {url} failed: HTTP {e.code} {e.reason} "
-                            f"(rerun the command to resume; {part} is kept)") from None
+        if not (e.code == 416 and have):  # 416 on a resume: the partial file is already complete
+            failure = f"HTTP {e.code} {e.reason}"
     except (urllib.error.URLError, OSError) as e:
-        raise DataError(f"downloading {url} failed: {getattr(e, 'reason', e)} "
-                        f"(rerun the command to resume; {part} is kept)") from None
+        failure = str(getattr(e, "reason", e))
+    if failure is not None:
+        # Raised outside the except block so the CLI's one-line message carries no chained cause.
+        kept = f"; {part} is kept and the download resumes from it" if part.is_file() else ""
+        raise DataError(f"downloading {url} failed: {failure} (rerun the command{kept})")
     actual = md5_of(part)
     if actual != md5:
         part.unlink()
