@@ -18,6 +18,7 @@ from typing import Any, TextIO
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mmtrain.train", "train a model: stages from the config, then test (Hydra overrides)"),
     "eval": ("mmtrain.eval", "evaluate a checkpoint: ckpt=PATH or run=DIR (Hydra overrides)"),
+    "data": ("mmtrain.data.commands", "download the real datasets (verified) or write fake ones: data download|synth"),
 }
 
 USAGE = """usage: mmtrain <command> [args]

@@ -14,7 +14,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
                 rank: int = 0, world_size: int = 1) -> DataLoader:
     """Training loaders shuffle and drop the last partial batch (contrastive losses want a
     fixed number of negatives); evaluation loaders keep every sample, in order."""
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size,
+                           epoch_tagged=train and getattr(dataset, "varies_by_epoch", False))
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=train, collate_fn=collate,
         num_workers=num_workers, persistent_workers=num_workers > 0,

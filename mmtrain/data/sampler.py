@@ -14,12 +14,15 @@ class EpochSampler(Sampler[int]):
 
     Each rank takes every world_size-th index of the epoch's permutation (padded by
     wrapping so all ranks see the same count). `set_epoch(e, skip=k)` starts the epoch
-    after its first k samples on this rank.
+    after its first k samples on this rank. With `epoch_tagged`, index i of epoch e is
+    yielded as e * length + i, for datasets whose sample i changes with the epoch (a COCO
+    image's caption): the epoch travels with the index into DataLoader workers.
     """
 
     def __init__(self, length: int, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, epoch_tagged: bool = False) -> None:
         self.length = length
+        self.epoch_tagged = epoch_tagged
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
@@ -42,6 +45,8 @@ class EpochSampler(Sampler[int]):
         if total > self.length:
             order = torch.cat([order, order[: total - self.length]])
         mine = order[self.rank : total : self.world_size]
+        if self.epoch_tagged:
+            mine = mine + self.epoch * self.length
         return iter(mine[self.skip :].tolist())
 
     def __len__(self) -> int:

@@ -1,0 +1,158 @@
+"""MNIST + IMDB from the official file formats: readers, the pairing rule, caches, errors, training."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmtrain.data import imdb as imdb_lib
+from mmtrain.data.mnist_imdb import build_mnist_imdb, load_mnist
+from mmtrain.errors import ConfigError, DataError
+from tests.data_helpers import TINY_MODEL, compose_train, mnist_imdb_fixture, one_thread  # noqa: F401 (fixture)
+
+TOK = {"kind": "word", "vocab_size": 200, "max_length": 48}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return mnist_imdb_fixture(tmp_path_factory.mktemp("mnist_imdb"))
+
+
+def build(root: Path, **kw):
+    return build_mnist_imdb(root=str(root), tokenizer_options=TOK, **kw)
+
+
+def test_mnist_idx_gz_files_are_unpacked_and_read_as_uint8_with_their_labels(root):
+    images, digits = load_mnist(root, train=True)
+    assert images.dtype == torch.uint8 and images.shape == (600, 1, 28, 28)
+    with gzip.open(root / "MNIST/raw/train-labels-idx1-ubyte.gz") as f:
+        assert int.from_bytes(f.read(4), "big") == 2049
+        expected = np.frombuffer(f.read()[4:], dtype=np.uint8)
+    assert digits.tolist() == expected.tolist()
+    assert (root / "MNIST/raw/train-images-idx3-ubyte").is_file()   # torchvision's layout
+
+
+def test_reviews_lose_br_markup_and_keep_non_ascii_text(root):
+    _, load = imdb_lib.imdb_source(root, "aclimdb")
+    corpus = load()
+    assert len(corpus["texts"]) == 240 and int(corpus["n_train"]) == 120
+    assert not any("<br" in t for t in corpus["texts"])
+    assert any("東京" in t for t in corpus["texts"]) and any("café" in t for t in corpus["texts"])
+    assert corpus["sentiment"].tolist().count(1) == 120
+
+
+def test_csv_form_reads_the_same_reviews_split_even_odd(root):
+    _, load = imdb_lib.imdb_source(root, "csv")
+    corpus = load()
+    acl = imdb_lib.imdb_source(root, "aclimdb")[1]()
+    assert sorted(corpus["texts"]) == sorted(acl["texts"])
+    assert int(corpus["n_train"]) == 120
+
+
+def test_same_seed_same_pairs_and_train_val_test_never_share_sources(root):
+    a, b, c = build(root, seed=3), build(root, seed=3), build(root, seed=4)
+    assert torch.equal(a.train.image_index, b.train.image_index)
+    assert torch.equal(a.train.text_index, b.train.text_index)
+    assert not torch.equal(a.train.image_index, c.train.image_index)
+    # Train and validation pairs come from the train sets, disjointly.
+    assert not set(a.train.image_index.tolist()) & set(a.val.image_index.tolist())
+    assert not set(a.train.text_index.tolist()) & set(a.val.text_index.tolist())
+    assert max(a.train.text_index.tolist() + a.val.text_index.tolist()) < 120
+    # Test pairs: MNIST test images and IMDB test reviews only.
+    assert a.test.images.shape[0] == 200 and a.train.images.shape[0] == 600
+    assert min(a.test.text_index.tolist()) >= 120
+    assert len(a.train) == 540 and len(a.val) == 60 and len(a.test) == 200
+
+
+@pytest.mark.parametrize("target, classes", [("joint", 20), ("xor", 2), ("digit", 10), ("sentiment", 2)])
+def test_target_is_computed_from_digit_and_sentiment(root, target, classes):
+    bundle = build(root, target=target, n_train=64)
+    batch = bundle.train.__getitems__(list(range(64)))
+    d, s = batch["digit"], batch["sentiment"]
+    expected = {"joint": 2 * d + s, "xor": (d % 2) ^ s, "digit": d, "sentiment": s}[target]
+    assert torch.equal(batch["label"], expected)
+    assert bundle.info.num_classes == {"label": classes, "digit": 10, "sentiment": 2}
+    assert bundle.info.modality_labels == {"image": "digit", "text": "sentiment"}
+    assert batch["image"].shape == (64, 1, 28, 28) and batch["image"].dtype == torch.uint8
+
+
+def test_tokens_are_cached_and_a_changed_tokenizer_or_corpus_invalidates_them(tmp_path, monkeypatch):
+    root = mnist_imdb_fixture(tmp_path, n_train=100, n_test=50, n_reviews=20)
+    first = build(root)
+    calls = []
+    real = imdb_lib.read_review
+    monkeypatch.setattr(imdb_lib, "read_review", lambda p: calls.append(p) or real(p))
+    again = build(root)
+    assert calls == [] and torch.equal(first.train.ids, again.train.ids)
+    build_mnist_imdb(root=str(root), tokenizer_options={**TOK, "max_length": 16})
+    assert len(calls) == 40                     # another tokenizer: read and tokenized again
+    calls.clear()
+    review = sorted((root / "aclImdb/train/pos").iterdir())[0]
+    review.write_text("great great wonderful", encoding="utf-8")
+    changed = build(root)
+    assert len(calls) == 40
+    assert not torch.equal(changed.train.ids, first.train.ids)
+
+
+def _fresh(tmp_path: Path) -> Path:
+    return mnist_imdb_fixture(tmp_path, n_train=50, n_test=20, n_reviews=10)
+
+
+def test_truncated_idx_file_is_named(tmp_path):
+    root = _fresh(tmp_path)
+    load_mnist(root, train=True)
+    path = root / "MNIST/raw/train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte is not a valid idx file"):
+        build(root)
+
+
+def test_wrong_magic_idx_file_is_named(tmp_path):
+    root = _fresh(tmp_path)
+    with gzip.open(root / "MNIST/raw/t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write((1234).to_bytes(4, "big") + (20).to_bytes(4, "big") + bytes(20))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is not a valid idx file"):
+        build(root)
+
+
+@pytest.mark.parametrize("content, message", [(b"  <br /><br /> ", "is empty"),
+                                               (b"caf\xe9 good film", "is not UTF-8")])
+def test_bad_review_is_named(tmp_path, content, message):
+    root = _fresh(tmp_path)
+    bad = root / "aclImdb/test/neg/3_1.txt"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        build(root)
+    assert str(bad) in str(err.value)
+
+
+def test_missing_dataset_says_the_download_command(tmp_path):
+    with pytest.raises(DataError, match=f"mmtrain data download mnist_imdb --root {tmp_path}"):
+        build(tmp_path)
+
+
+def test_multitask_needs_modality_labels():
+    from mmtrain.data import DataInfo
+    from mmtrain.tasks.multitask import MultitaskTask
+
+    info = DataInfo(image_channels=3, image_size=32, vocab_size=10, pad_id=0, num_classes={"label": 3})
+    with pytest.raises(ConfigError, match="modality_labels"):
+        MultitaskTask().attach(None, info)
+
+
+def test_mnist_imdb_experiment_pretrains_each_encoder_then_learns_the_joint_target(root, tmp_path, one_thread):
+    from mmtrain.train import train
+
+    cfg = compose_train(["+experiment=mnist_imdb", f"data.root={root}", "data.tokenizer_options.max_length=48",
+                         "stages.pretrain.epochs=8", "stages.finetune.epochs=6", "optimizer.lr=1e-2",
+                         "trainer.batch_size=32", "stages.finetune.task.hidden_dim=32", *TINY_MODEL])
+    summary = train(cfg, tmp_path / "run")
+    pre = summary["stages"]["pretrain"]["val"]
+    assert pre["text_accuracy"] > 0.9 and pre["image_accuracy"] > 0.7, pre   # chance: 0.5 and 0.1
+    assert summary["test"]["accuracy"] > 0.5, summary["test"]                # chance: 0.05 (20 classes)
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["test"] == summary["test"]
