@@ -16,6 +16,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mmtrain.train", "train a model: stages from the config, then test (Hydra overrides)"),
     "eval": ("mmtrain.eval", "evaluate a checkpoint: ckpt=PATH or run=DIR (Hydra overrides)"),
+    "report": ("mmtrain.report", "summarize run dirs or a sweep: table best first, CSV, plots"),
 }
 
 USAGE = """usage: mmtrain <command> [args]
