@@ -206,6 +206,8 @@ def to_csv(report: Report) -> str:
 
 def _cell(value: Any, limit: int = 100) -> str:
     text = f"{value:.4f}" if isinstance(value, float) else str(value)
+    if len(text) > 8 and re.fullmatch(r"-?\d*\.\d+(e-?\d+)?", text):  # an Optuna-drawn 0.0020554062603827
+        text = f"{float(text):.4g}"
     text = text if len(text) <= limit else text[: limit - 3] + "..."
     return text.replace("|", "\\|")
 
