@@ -48,6 +48,8 @@ class Report:
     """Best first; runs without a value of `metric` last, in path order."""
     names: list[str]
     """How each run is called in the table: its path relative to the runs' common folder."""
+    ranked: int
+    """How many runs (the first ones) have a finite value of `metric`."""
     swept: list[str]
     """Override keys whose value differs between runs: the table's parameter columns."""
     metric: str
@@ -181,15 +183,15 @@ def build_report(paths: list[Path], metric: str | None = None, mode: str | None 
     columns = ([metric] if metric else []) + [m for m in finals if m != metric]
     common = Path(os.path.commonpath([r.path for r in runs]))
     names = [str(r.path.relative_to(common)) if r.path != common else r.path.name for r in runs]
-    return Report(runs=runs, names=names, swept=swept, metric=metric, mode=mode, columns=columns)
+    return Report(runs=runs, names=names, ranked=len(ranked), swept=swept, metric=metric, mode=mode,
+                  columns=columns)
 
 
 def _rows(report: Report) -> tuple[list[str], list[list[Any]]]:
     header = ["rank", "run", "status", *report.swept, *report.columns, "seconds", "error"]
     rows = []
     for i, (run, name) in enumerate(zip(report.runs, report.names)):
-        rank = i + 1 if report.metric in run.metrics else ""
-        rows.append([rank, name, run.status, *(run.overrides.get(k, "") for k in report.swept),
+        rows.append([i + 1 if i < report.ranked else "", name, run.status, *(run.overrides.get(k, "") for k in report.swept),
                      *(run.metrics.get(m, "") for m in report.columns),
                      "" if run.seconds is None else f"{run.seconds:.1f}", run.error])
     return header, rows
@@ -216,7 +218,9 @@ def to_markdown(report: Report) -> str:
     header, rows = _rows(report)
     if not any(r[-1] for r in rows):  # no run failed: drop the empty error column
         header, rows = header[:-1], [r[:-1] for r in rows]
-    lines = [f"Ranked by {report.metric} ({report.mode}), best first; {len(report.runs)} runs.", "",
+    title = (f"Ranked by {report.metric} ({report.mode}), best first" if report.ranked
+             else "No run has finished: none ranked")
+    lines = [f"{title}; {len(report.runs)} runs, {report.ranked} ranked.", "",
              "| " + " | ".join(header) + " |",
              "|" + "|".join("---:" if h in ("rank", "seconds") or h in report.columns else "---"
                             for h in header) + "|"]

@@ -35,7 +35,7 @@ def _floats(values: list[str]) -> list[float] | None:
 
 def plot_params(report: Report, out: Path) -> list[Path]:
     """plots/param_<key>.png: the metric of each finished run against that run's value of <key>."""
-    ranked = [r for r in report.runs if report.metric in r.metrics]
+    ranked = report.runs[: report.ranked]
     written = []
     for key in report.swept if ranked else []:
         values = [r.overrides.get(key, "(default)") for r in ranked]
