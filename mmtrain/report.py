@@ -165,16 +165,18 @@ def _mode_of(metric: str, runs: list[Run]) -> str:
 def build_report(paths: list[Path], metric: str | None = None, mode: str | None = None) -> Report:
     runs = [read_run(p) for p in paths]
     known = {m for r in runs for m in r.metrics}
-    if metric is None:  # nothing finished yet: "" ranks no run and lists them all
+    if metric is None:  # "" when no run has finished: nothing is ranked, every run is listed
         metric = next((m for r in runs for m in r.default_metrics if m in known), "")
     elif metric not in known:
         raise ConfigError(f"--metric {metric}: no run has it; choose from: "
                           f"{', '.join(sorted(known)) or '(no run has metrics yet)'}")
     mode = mode or _mode_of(metric, runs)
 
-    ranked = [r for r in runs if metric in r.metrics and math.isfinite(r.metrics[metric])]
-    ranked.sort(key=lambda r: r.metrics[metric], reverse=(mode == "max"))
-    runs = ranked + [r for r in runs if r not in ranked]
+    def has_value(run: Run) -> bool:
+        return metric in run.metrics and math.isfinite(run.metrics[metric])
+
+    ranked = sorted(filter(has_value, runs), key=lambda r: r.metrics[metric], reverse=(mode == "max"))
+    runs = ranked + [r for r in runs if not has_value(r)]
 
     keys = list(dict.fromkeys(k for r in runs for k in r.overrides))
     swept = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
@@ -191,7 +193,8 @@ def _rows(report: Report) -> tuple[list[str], list[list[Any]]]:
     header = ["rank", "run", "status", *report.swept, *report.columns, "seconds", "error"]
     rows = []
     for i, (run, name) in enumerate(zip(report.runs, report.names)):
-        rows.append([i + 1 if i < report.ranked else "", name, run.status, *(run.overrides.get(k, "") for k in report.swept),
+        rows.append([i + 1 if i < report.ranked else "", name, run.status,
+                     *(run.overrides.get(k, "") for k in report.swept),
                      *(run.metrics.get(m, "") for m in report.columns),
                      "" if run.seconds is None else f"{run.seconds:.1f}", run.error])
     return header, rows

@@ -72,6 +72,15 @@ def _label(report: Report, index: int) -> str:
     return label if run.status == "completed" else f"{label} ({run.status})"
 
 
+def _color(index: int, count: int) -> Any:
+    """One color per run in every panel; past 10 runs, a gradient from best (dark) to worst."""
+    if count <= 10:
+        return f"C{index}"
+    from matplotlib import colormaps
+
+    return colormaps["viridis"](index / (count - 1))
+
+
 def plot_curves(report: Report, curves: list[list[dict[str, Any]]], out: Path) -> Path | None:
     """plots/curves.png: per stage (columns), training loss and the validation monitor by step."""
     stages = list(dict.fromkeys(row["stage"] for rows in curves for row in rows if "stage" in row))
@@ -95,7 +104,8 @@ def plot_curves(report: Report, curves: list[list[dict[str, Any]]], out: Path) -
                 if points:
                     xs, ys = zip(*points)
                     style = "-" if report.runs[i].status == "completed" else "--"
-                    ax.plot(xs, ys, style, marker="." if len(xs) < 20 else None, label=_label(report, i))
+                    ax.plot(xs, ys, style, color=_color(i, len(curves)),
+                            marker="." if len(xs) < 20 else None, label=_label(report, i))
     if len(report.runs) <= MAX_LEGEND:
         # A run that failed early has no line in later panels: collect labels from all of them.
         by_label = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
