@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -68,7 +67,8 @@ def time_to_first_step(overrides: list[str]) -> tuple[float, float | None]:
                                  f"{proc.stderr.read()}")
             time.sleep(0.005)
         first_step = time.perf_counter() - start
-        proc.send_signal(signal.SIGINT)  # the run records itself as interrupted and exits
+        # SIGTERM, not SIGINT: a shell's background jobs ignore SIGINT, and so would the run.
+        proc.terminate()
         proc.communicate(timeout=60)
         built = log_time(run_dir / "train.log", "run dir:")
         return first_step, (built - launched if built is not None else None)
