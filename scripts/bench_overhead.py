@@ -2,9 +2,10 @@
 
 Both train the same model (the default synthetic recipe's fine-tuning stage: CNN + GRU +
 concat fusion + classification head) on the same data, batch size, optimizer, schedule
-and gradient clipping, in this one process, alternating in rounds (in turn reversed) so that drift of
-the machine (other processes, CPU clocks) hits all loops alike. A step is timed from one batch
-fetch to the next, data loading included, in both loops. With PyTorch Lightning installed,
+and gradient clipping, in this one process, alternating in rounds (in turn reversed) so
+that drift of the machine (other processes, CPU clocks) hits all loops alike. A step is
+timed from one batch fetch to the next, data loading included, in every loop (on a GPU
+after a synchronize, so queued kernels are counted). With PyTorch Lightning installed,
 the same module under Lightning's Trainer is a third column.
 
     python scripts/bench_overhead.py [--rounds 12] [--steps 8] [--device cpu] [--threads N]
@@ -168,6 +169,9 @@ def main() -> None:
                        "trainer.progress=false", f"trainer.log_every_n_steps={steps}",
                        f"trainer.device={args.device}", *args.overrides])
     device = resolve_device(cfg.trainer.device)
+    if device.type == "cuda":
+        clock = CLOCK
+        CLOCK = lambda: (torch.cuda.synchronize(), clock())[1]  # noqa: E731
     loops: dict[str, Callable] = {"minimal": minimal_round, "mmtrain": mmtrain_round}
     if not args.no_lightning:
         try:
