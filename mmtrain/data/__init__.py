@@ -1,0 +1,54 @@
+"""Datasets: one module per dataset family, each exposing a builder that returns a DataBundle.
+
+`data.build(cfg.data)` instantiates the family's builder from its `_target_`. A builder
+fits the tokenizer on the training text (or reuses the one it is given, as `mmtrain
+eval` does with the checkpoint's), tokenizes every split once, and returns the splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import hydra.utils
+from torch.utils.data import Dataset
+
+from mmtrain.data.tokenizer import TextTokenizer
+
+
+@dataclass
+class DataInfo:
+    """What the model and the tasks need to know about the data, without loading it."""
+
+    image_channels: int
+    image_size: int
+    vocab_size: int
+    pad_id: int
+    num_classes: dict[str, int]
+    """Label key in the batch -> number of classes (e.g. {'label': 20, 'digit': 10})."""
+    class_names: dict[str, list[str]] = field(default_factory=dict)
+    image_mean: tuple[float, ...] = (0.5,)
+    image_std: tuple[float, ...] = (0.5,)
+    modality_labels: dict[str, str] = field(default_factory=dict)
+    """Modality -> the label it alone determines (image -> digit): the multitask targets."""
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    tokenizer: TextTokenizer
+    info: DataInfo
+
+    def split(self, name: str) -> Dataset:
+        if name not in ("train", "val", "test"):
+            from mmtrain.errors import ConfigError
+
+            raise ConfigError(f"unknown split {name!r}: choose train, val or test")
+        return getattr(self, name)
+
+
+def build(cfg: Any, tokenizer: TextTokenizer | None = None) -> DataBundle:
+    """Build the dataset family named by `cfg._target_`; pass `tokenizer` to reuse a fitted one."""
+    return hydra.utils.instantiate(cfg, tokenizer=tokenizer, _convert_="all")
