@@ -258,7 +258,11 @@ class Trainer:
         count = 0
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
                    disable=not (self.cfg.progress and self.is_main), dynamic_ncols=True, leave=False)
-        batches = iter(self.train_loader)
+        # Creating a loader iterator draws its worker seed from the global RNG: keep that
+        # draw out of the RNG stream, or a run resumed mid-epoch (which creates one more
+        # iterator than the run it continues) would drift.
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.train_loader)
         optimizer.zero_grad(set_to_none=True)
         self.meter.reset()
         for step in range(skip, steps_per_epoch):
