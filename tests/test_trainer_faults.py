@@ -15,10 +15,11 @@ import torch
 from mmtrain.config import check_train_config
 from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.train import train
-from trainer_utils import assert_same_weights, make_config, weights
+from trainer_utils import assert_same_weights, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
 
 OVERRIDES = ["trainer.deterministic=true", "trainer.checkpoint.every_n_steps=1",
-             "trainer.checkpoint.keep_last=2", "stages.finetune.epochs=4", "trainer.batch_size=16"]
+             "trainer.checkpoint.keep_last=2", "trainer.checkpoint.keep_best=2", "stages.finetune.epochs=4",
+             "stages.finetune.monitor=macro_f1", "trainer.batch_size=16"]
 
 
 def _train_child(run: str, resume: bool) -> None:
@@ -65,7 +66,7 @@ def test_kill_9_at_random_moments_never_loses_or_corrupts_a_checkpoint(tmp_path)
             hit = _kill_mid_save(p, run / "checkpoints", timeout=8.0)
             mid_save += hit
         else:
-            time.sleep(rng.uniform(0.2, 1.2))
+            time.sleep(rng.uniform(0.1, 0.8))
             hit = p.is_alive()
             if hit:
                 os.kill(p.pid, signal.SIGKILL)
@@ -79,6 +80,7 @@ def test_kill_9_at_random_moments_never_loses_or_corrupts_a_checkpoint(tmp_path)
             load_checkpoint(ckpt)
         if kills >= 12 and mid_save >= 4:
             break
+    print(f"{kills} kills, {mid_save} of them mid-save")
     assert kills >= 10 and mid_save >= 3, (kills, mid_save)
     if p.exitcode != 0:  # the loop stopped on a kill: finish the run
         p = ctx.Process(target=_train_child, args=(str(run), True))
@@ -87,3 +89,13 @@ def test_kill_9_at_random_moments_never_loses_or_corrupts_a_checkpoint(tmp_path)
         assert p.exitcode == 0
     assert_same_weights(weights(run / "checkpoints" / "finetune" / "last.pt"),
                         weights(reference / "checkpoints" / "finetune" / "last.pt"))
+
+    # Retention survived the kills too: the last 2 step copies, the top 2 by macro-F1.
+    folder = run / "checkpoints" / "finetune"
+    assert sorted(p.name for p in folder.glob("step-*.pt")) == ["step-0000039.pt", "step-0000040.pt"]
+    top = load_checkpoint(folder / "last.pt")["best"]["top"]
+    assert len(top) == 2 and top[0][0] >= top[1][0]
+    assert sorted(p.name for p in folder.glob("best-*.pt")) == sorted(name for _, name in top)
+    assert load_checkpoint(folder / "best.pt")["metrics"]["macro_f1"] == top[0][0]
+    assert top == load_checkpoint(reference / "checkpoints" / "finetune" / "last.pt")["best"]["top"]
+    assert not list(folder.glob(".*.tmp"))

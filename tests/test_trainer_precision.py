@@ -9,7 +9,7 @@ import torch
 from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.train import train
-from trainer_utils import PER_SAMPLE, assert_same_weights, make_config, weights
+from trainer_utils import PER_SAMPLE, assert_same_weights, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
 
 
 def test_fp16_scaler_state_round_trips_through_resume(tmp_path):
