@@ -224,15 +224,21 @@ class Trainer:
         return module, False
 
     def _flops_per_sample(self, module: StageModule, stage: Stage) -> float:
-        """Training FLOPs per sample, counted once on a validation batch (same shapes); the
-        model in eval mode and the RNG forked, so the run itself is not disturbed."""
-        batch = to_device(next(iter(self.val_loader)), self.device)
+        """Training FLOPs per sample, counted once on a training-sized slice of a validation
+        batch (same shapes). Train mode, as the step runs (cuDNN RNNs have no backward in
+        eval mode), with the RNG forked and the buffers (BatchNorm statistics) restored, so
+        the run itself is not disturbed."""
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        self._set_train_mode(stage)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            self.model.eval()
+            batch = next(iter(self.val_loader))  # a new iterator draws a seed: inside the fork
+            batch = to_device({k: v[: self.cfg.batch_size] for k, v in batch.items()}, self.device)
             with autocast(self.device, self.precision):
                 flops = count_train_flops(lambda: module(batch)["loss"])
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), buffers):
+                b.copy_(saved)
         self.model.zero_grad(set_to_none=True)
-        self._set_train_mode(stage)
         return flops / batch["image"].shape[0]
 
     def validate(self, stage: Stage) -> dict[str, float]:
