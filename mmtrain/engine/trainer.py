@@ -103,8 +103,8 @@ class Trainer:
         enable_tf32(device)
         if trainer_cfg.channels_last:
             self.model.image_encoder.to(memory_format=torch.channels_last)
-        # Every rank evaluates nothing but rank 0 the whole split: metrics need no reduction
-        # and no sample is counted twice (a sharded split would pad the last batch).
+        # Only rank 0 evaluates, on the whole split: the metrics need no reduction and no
+        # sample is counted twice (a split sharded over ranks is padded to equal shares).
         self.val_loader = make_loader(data.val, self.eval_batch_size, train=False,
                                       num_workers=trainer_cfg.num_workers, device=device)
         self.train_loader = make_loader(data.train, trainer_cfg.batch_size, train=True, seed=seed,
@@ -274,7 +274,7 @@ class Trainer:
         for step in range(skip, steps_per_epoch):
             try:
                 out = self._accumulate(ctx, batches, accumulate)
-                self._optimizer_step(ctx, step_in_epoch=step)
+                self._optimizer_step(ctx)
             except torch.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
@@ -342,7 +342,7 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + v.detach().float() / accumulate
         return totals
 
-    def _optimizer_step(self, ctx: dict, step_in_epoch: int) -> None:
+    def _optimizer_step(self, ctx: dict) -> None:
         optimizer, scaler, stage = ctx["optimizer"], ctx["scaler"], ctx["stage"]
         scaler.unscale_(optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
