@@ -304,7 +304,7 @@ class Trainer:
                 bar.close()
                 raise Preempted(f"stopped by {self.stop.requested or 'a signal on another rank'} after "
                                 f"step {self._global_step} (stage {stage.name}, epoch {epoch + 1}); "
-                                f"last.pt saved: continue with trainer.resume=true in the same run dir")
+                                f"last.pt saved: continue with trainer.resume=true hydra.run.dir={self.run_dir}")
             if every_n and done % every_n == 0 and done < steps_per_epoch:
                 self._save_last(ctx, Position(stage_index, epoch, done, self._global_step))
         bar.close()
