@@ -18,26 +18,28 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from mmtrain.errors import ConfigError
 
-PRECISIONS = ("32", "bf16-mixed", "fp16-mixed")
+PRECISIONS = ("auto", "32", "bf16-mixed", "fp16-mixed")
+CONTRASTIVE_ACCUMULATION = ("plain", "cache")
 
 
 @dataclass
 class CheckpointConfig:
     every_n_steps: int = 0
     """Also save `last.pt` every N optimizer steps inside an epoch (0: only at epoch ends)."""
-    keep_last: int = 1
-    """How many step-numbered copies of `last.pt` to keep besides it (1: just `last.pt`)."""
+    keep_last: int = 0
+    """Step-numbered copies (step-0000120.pt) of the newest `last.pt` saves kept besides it."""
     keep_best: int = 1
-    """How many best checkpoints (by the stage's monitor metric) to keep."""
+    """The top k checkpoints by the stage's monitor metric (best-epoch003.pt...); best.pt is the top one."""
 
 
 @dataclass
 class TrainerConfig:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda or cuda:N."""
-    precision: str = "32"
-    """32, bf16-mixed or fp16-mixed (autocast; fp16 adds a GradScaler)."""
+    precision: str = "auto"
+    """auto (bf16-mixed on a GPU with bf16, else 32), 32, bf16-mixed or fp16-mixed (adds a GradScaler)."""
     batch_size: int = 128
+    """Per process: the optimizer sees batch_size x processes x accumulate_grad_batches samples."""
     eval_batch_size: Optional[int] = None
     """Defaults to 2 x batch_size: evaluation keeps no activations for backward."""
     num_workers: int = 0
@@ -45,6 +47,12 @@ class TrainerConfig:
     grad_clip: Optional[float] = 1.0
     """Clip the global gradient norm to this value; null disables clipping."""
     accumulate_grad_batches: int = 1
+    """Micro-batches per optimizer step; under DDP only the last one all-reduces."""
+    contrastive_accumulation: str = "plain"
+    """plain: each micro-batch's contrastive loss sees its own negatives; cache: negatives span
+    the whole accumulated batch (GradCache, one extra forward), see contrastive_cache.py."""
+    max_nonfinite_steps: int = 20
+    """Steps with a non-finite gradient are skipped; this many in a row stop the run."""
     log_every_n_steps: int = 10
     limit_train_batches: Optional[int] = None
     """Stop each epoch after this many batches (smoke tests, benchmarks)."""
@@ -54,6 +62,11 @@ class TrainerConfig:
     deterministic: bool = False
     """Deterministic kernels; with precision=32 on the CPU a resumed run is bit-identical."""
     compile: bool = False
+    """torch.compile the model (before DDP wrapping); checkpoints load without compile."""
+    compile_backend: str = "inductor"
+    """A torch.compile backend; aot_eager needs no C compiler (CPU tests)."""
+    channels_last: bool = False
+    """NHWC memory format for the image encoder and images: faster convs on tensor cores."""
     progress: bool = True
     """tqdm progress bars (rank 0 only)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -192,4 +205,9 @@ def check_train_config(cfg: DictConfig) -> None:
             raise ConfigError(f"stages.{name}.epochs={stage.epochs} must be >= 0")
     if cfg.trainer.accumulate_grad_batches < 1:
         raise ConfigError("trainer.accumulate_grad_batches must be >= 1")
+    if cfg.trainer.contrastive_accumulation not in CONTRASTIVE_ACCUMULATION:
+        raise ConfigError(f"trainer.contrastive_accumulation={cfg.trainer.contrastive_accumulation!r} "
+                          f"is not one of {', '.join(CONTRASTIVE_ACCUMULATION)}")
+    if cfg.trainer.max_nonfinite_steps < 1:
+        raise ConfigError("trainer.max_nonfinite_steps must be >= 1")
     check_targets(cfg)

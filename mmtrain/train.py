@@ -31,25 +31,41 @@ def config_dir() -> str:
 
 
 def main() -> None:
+    from mmtrain.engine import distributed
+
     register_schemas()
-    hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(run)()
+    # Under torchrun: join the ranks before Hydra picks the run dir, so they pick one.
+    distributed.init_from_env()
+    try:
+        hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(run)()
+    finally:
+        distributed.shutdown()
 
 
 def run(cfg: DictConfig) -> float | None:
     """One Hydra job. Leaves status.json in the run dir whatever happens (sweep reports read it)."""
+    from mmtrain.engine import distributed
+    from mmtrain.engine.preemption import Preempted
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    main_rank = distributed.rank() == 0
+    if not main_rank:
+        logging.getLogger("mmtrain").setLevel(logging.WARNING)
     status = run_dir / "status.json"
     started = time.time()
-    _write_json(status, {"status": "running", "started": started})
+    if main_rank:
+        _write_json(status, {"status": "running", "started": started})
     try:
         summary = train(cfg, run_dir)
     except BaseException as e:
-        state = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        _write_json(status, {"status": state, "started": started, "ended": time.time(),
-                             "error": f"{type(e).__name__}: {e}"})
-        (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        state = "interrupted" if isinstance(e, (KeyboardInterrupt, Preempted)) else "failed"
+        if main_rank:
+            _write_json(status, {"status": state, "started": started, "ended": time.time(),
+                                 "error": f"{type(e).__name__}: {e}"})
+            (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         raise
-    _write_json(status, {"status": "completed", "started": started, "ended": time.time()})
+    if main_rank:
+        _write_json(status, {"status": "completed", "started": started, "ended": time.time()})
     return summary.get("objective")
 
 
@@ -121,9 +137,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     from mmtrain import data as data_lib
     from mmtrain.data.tokenizer import TextTokenizer
-    from mmtrain.engine.checkpoint import load_checkpoint, load_model_state
+    from mmtrain.engine import distributed
+    from mmtrain.engine.checkpoint import config_mismatch, load_checkpoint, load_model_state
     from mmtrain.engine.logger import MetricLogger
-    from mmtrain.engine.precision import resolve_device
+    from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.trainer import Trainer, evaluate
     from mmtrain.data.loader import make_loader
     from mmtrain.models.model import build_model
@@ -133,9 +150,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if resume_path is None and any((run_dir / "checkpoints").glob("*/*.pt")):
         raise ConfigError(f"{run_dir} already holds checkpoints: pass trainer.resume=true to continue "
                           f"that run, or choose another hydra.run.dir (nothing was overwritten)")
+    distributed.barrier()  # every rank has looked before rank 0 writes a checkpoint
     resume = load_checkpoint(resume_path) if resume_path else None
     if resume is not None and "position" not in resume:
         raise CheckpointError(f"{resume_path} is a best.pt (weights only): resume from a last.pt")
+    container = OmegaConf.to_container(cfg, resolve=True)
+    if resume is not None:
+        sections = ("model",) + tuple(f"stages.{n}.task" for n in stage_names)
+        differ = config_mismatch(resume["config"], container, sections)
+        if differ:
+            raise CheckpointError(f"{resume_path} was trained with another model config "
+                                  f"({len(differ)} differences: {'; '.join(differ[:3])}): resume with "
+                                  f"the same settings, or start a new run dir")
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
@@ -143,12 +169,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     data = data_lib.build(cfg.data, tokenizer=tokenizer)
     model = build_model(cfg.model, data.info)
     stages = build_tasks(cfg, model, data.info)
-    container = OmegaConf.to_container(cfg, resolve=True)
-    logger = MetricLogger(run_dir, tensorboard=cfg.logger.tensorboard)
+    main_rank = distributed.rank() == 0
+    logger = MetricLogger(run_dir, tensorboard=cfg.logger.tensorboard, enabled=main_rank)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("run dir: %s | device: %s | precision: %s | %.2fM parameters | %d/%d/%d train/val/test",
-             run_dir, device, cfg.trainer.precision, n_params / 1e6,
-             len(data.train), len(data.val), len(data.test))
+    log.info("run dir: %s | device: %s | precision: %s | %.2fM parameters | %d/%d/%d train/val/test"
+             " | %d process(es) x batch %d x %d accumulated", run_dir, device,
+             resolve_precision(cfg.trainer.precision, device), n_params / 1e6, len(data.train),
+             len(data.val), len(data.test), distributed.world_size(), cfg.trainer.batch_size,
+             cfg.trainer.accumulate_grad_batches)
     if resume is not None:
         log.info("resuming from %s at %s", resume_path, resume["position"])
 
@@ -162,13 +190,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     final = stages[-1]
     summary: dict[str, Any] = {"stages": results, "run_dir": str(run_dir)}
+    if not main_rank:  # rank 0 tests, writes metrics.json and prints
+        return summary
     best_path = trainer.checkpoint_path(final.name, "best")
     summary["objective"] = results[final.name]["best"]["value"]
     if cfg.test:
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         loader = make_loader(data.test, trainer.eval_batch_size, train=False,
                              num_workers=cfg.trainer.num_workers, device=device)
-        summary["test"] = evaluate(model, final.task, loader, device, cfg.trainer.precision)
+        summary["test"] = evaluate(model, final.task, loader, device, trainer.precision)
         summary["test_checkpoint"] = str(best_path)
     _write_json(run_dir / "metrics.json", summary)
     print_summary(summary)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,65 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy `src` to `dst` with the same tmp-then-replace guarantee as `atomic_save`."""
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
+            shutil.copyfileobj(s, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_partial_writes(folder: Path) -> None:
+    """Delete temp files a killed run left mid-write (never read: they are not *.pt)."""
+    for tmp in folder.glob("*/.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+class CheckpointSaver:
+    """last.pt plus `keep_last` step-numbered copies, and best.pt plus the top `keep_best`
+    by the monitor metric (timm's scheme: a sorted list, each file written tmp-then-replace).
+
+    `top` is [[value, name], ...] best first; the trainer keeps it in last.pt so a resumed
+    run keeps pruning the same files.
+    """
+
+    def __init__(self, folder: Path, keep_last: int = 0, keep_best: int = 1) -> None:
+        self.folder = folder
+        self.keep_last = keep_last
+        self.keep_best = max(1, keep_best)
+
+    def save_last(self, payload: dict[str, Any], global_step: int) -> None:
+        last = self.folder / "last.pt"
+        atomic_save(payload, last)
+        if self.keep_last > 0:
+            atomic_copy(last, self.folder / f"step-{global_step:07d}.pt")
+            for old in sorted(self.folder.glob("step-*.pt"))[: -self.keep_last]:
+                old.unlink(missing_ok=True)
+
+    def rank(self, top: list, value: float, mode: str, name: str) -> tuple[list, list]:
+        """`top` with [value, name] inserted, split into (kept, dropped); best first."""
+        ranked = sorted(top + [[value, name]], key=lambda e: -e[0] if mode == "max" else e[0])
+        return ranked[: self.keep_best], ranked[self.keep_best:]
+
+    def save_best(self, payload: dict[str, Any], kept: list, dropped: list, name: str) -> None:
+        """Write the checkpoint `name` that `rank` kept; best.pt is always the top one."""
+        if self.keep_best == 1:
+            atomic_save(payload, self.folder / "best.pt")
+            return
+        atomic_save(payload, self.folder / name)
+        if kept[0][1] == name:
+            atomic_copy(self.folder / name, self.folder / "best.pt")
+        for _, old in dropped:
+            (self.folder / old).unlink(missing_ok=True)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and sanity-check a checkpoint; any problem is a CheckpointError naming the file."""
     path = Path(path)
@@ -78,6 +138,28 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
         raise CheckpointError(f"checkpoint {path} does not fit this model/config: {'; '.join(parts)}")
     model.load_state_dict(state)
+
+
+def config_mismatch(saved: dict[str, Any], current: dict[str, Any],
+                    sections: tuple[str, ...] = ("model",)) -> list[str]:
+    """Keys under `sections` whose values differ, as 'key: saved -> current' lines."""
+    out: list[str] = []
+    for section in sections:
+        a, b = _flatten(saved.get(section, {}), section), _flatten(current.get(section, {}), section)
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, "<absent>") != b.get(key, "<absent>"):
+                out.append(f"{key}: {a.get(key, '<absent>')!r} in the checkpoint, "
+                           f"{b.get(key, '<absent>')!r} now")
+    return out
+
+
+def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: node}
 
 
 def rng_state() -> dict[str, Any]:

@@ -3,6 +3,7 @@ no weight decay on biases and norm weights (decaying them only hurts)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping
 
 import hydra.utils
@@ -34,11 +35,21 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
 
 
 def build_optimizer(cfg: Any, model: nn.Module, lr: float | None = None,
-                    lr_scale: Mapping[str, float] | None = None) -> torch.optim.Optimizer:
-    """Instantiate `cfg` (a `_partial_` optimizer config) over the model's trainable groups."""
+                    lr_scale: Mapping[str, float] | None = None,
+                    device: torch.device | None = None) -> torch.optim.Optimizer:
+    """Instantiate `cfg` (a `_partial_` optimizer config) over the model's trainable groups.
+
+    On CUDA, optimizers that have a fused kernel (Adam, AdamW, SGD) use it: one kernel for
+    all parameters instead of several per tensor, unless the config sets `fused` itself.
+    """
     base_lr = float(lr if lr is not None else cfg.lr)
     groups = param_groups(model, base_lr, float(cfg.get("weight_decay", 0.0)), lr_scale)
     if not groups:
         raise ConfigError("every parameter is frozen in this stage: nothing to train")
-    optimizer = hydra.utils.instantiate(cfg, lr=base_lr, _convert_="all")
+    extra: dict[str, Any] = {}
+    if device is not None and device.type == "cuda" and "fused" not in cfg:
+        target = hydra.utils.get_method(cfg._target_)
+        if "fused" in inspect.signature(target).parameters:
+            extra["fused"] = True
+    optimizer = hydra.utils.instantiate(cfg, lr=base_lr, _convert_="all", **extra)
     return optimizer(groups)

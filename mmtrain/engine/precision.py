@@ -1,4 +1,4 @@
-"""Device choice, autocast and the fp16 GradScaler."""
+"""Device choice, precision (autocast, the fp16 GradScaler, TF32) and memory format."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ from mmtrain.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto: this rank's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        from mmtrain.engine.distributed import local_rank
+
+        return torch.device("cuda", local_rank())
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but no CUDA GPU is visible: use device=cpu or auto")
     try:
@@ -21,8 +26,26 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16-mixed on a GPU that has bf16 (Ampere or newer), else 32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32"
+
+
+def enable_tf32(device: torch.device) -> None:
+    """fp32 matmuls and convolutions on TF32 tensor cores (Ampere+): ~10 bits of mantissa
+    in the products, which training does not notice, for several times the speed."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def autocast(device: torch.device, precision: str) -> ContextManager:
     """The autocast context for `precision` (a no-op for 32)."""
+    precision = resolve_precision(precision, device)
     if precision == "32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16

@@ -1,30 +1,44 @@
 """The training loop: stages in order, each from the weights the previous one ended with.
 
-Read top to bottom: `fit` runs the stages; `_run_stage` builds the stage's optimizer and
-schedule and runs its epochs; `_train_epoch` is the step loop. The loop does no per-step
-host work a GPU would wait on: losses are summed on the device and read back only at
-log steps.
+Read top to bottom: `fit` runs the stages; `_run_stage` builds the stage's optimizer,
+schedule and (compiled, DDP-wrapped) module and runs its epochs; `_train_epoch` is the step
+loop and `_optimizer_step` what happens once the micro-batches are in.
+
+Host syncs: the losses are summed on the device and read back only at log steps; the one
+per-step sync is the finiteness check of the gradient norm, which decides whether the
+optimizer may step (GradScaler makes the same sync for fp16). Under DDP the gradients are
+already averaged at that point, so every rank takes the same decision.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import hydra.utils
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from mmtrain.data import DataBundle
 from mmtrain.data.loader import make_loader, to_device
-from mmtrain.engine.checkpoint import (atomic_save, load_model_state, rng_state, set_rng_state,
-                                       FORMAT_VERSION)
+from mmtrain.engine import distributed as dist
+from mmtrain.engine.checkpoint import (FORMAT_VERSION, CheckpointSaver, load_model_state,
+                                       remove_partial_writes, rng_state, set_rng_state)
+from mmtrain.engine.contrastive_cache import cached_contrastive_backward, supports_cache
 from mmtrain.engine.logger import MetricLogger
 from mmtrain.engine.optimizer import build_optimizer
-from mmtrain.engine.precision import autocast, grad_scaler
+from mmtrain.engine.precision import autocast, enable_tf32, grad_scaler, resolve_precision
+from mmtrain.engine.preemption import Preempted, StopSignal
+from mmtrain.engine.throughput import ThroughputMeter, count_train_flops, peak_flops
+from mmtrain.errors import ConfigError, MmtrainError
 from mmtrain.models.model import MultimodalModel, StageModule, blank_modalities, set_frozen
+
+log = logging.getLogger("mmtrain")
 
 
 @dataclass
@@ -83,15 +97,23 @@ class Trainer:
         self.seed = seed
         self.config = config
         self.logger = logger
-        self.precision = trainer_cfg.precision
-        self.rank, self.world_size = 0, 1
-        self.is_main = True
+        self.precision = resolve_precision(trainer_cfg.precision, device)
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        self.is_main = self.rank == 0
+        enable_tf32(device)
+        if trainer_cfg.channels_last:
+            self.model.image_encoder.to(memory_format=torch.channels_last)
+        # Only rank 0 evaluates, on the whole split: the metrics need no reduction and no
+        # sample is counted twice (a split sharded over ranks is padded to equal shares).
         self.val_loader = make_loader(data.val, self.eval_batch_size, train=False,
                                       num_workers=trainer_cfg.num_workers, device=device)
         self.train_loader = make_loader(data.train, trainer_cfg.batch_size, train=True, seed=seed,
                                         num_workers=trainer_cfg.num_workers, device=device,
                                         rank=self.rank, world_size=self.world_size)
         self.resume_state: dict[str, Any] | None = None
+        self.stop = StopSignal()
+        self.meter = ThroughputMeter(device, self.world_size)
+        self._global_step = 0
 
     @property
     def eval_batch_size(self) -> int:
@@ -109,23 +131,29 @@ class Trainer:
             load_model_state(self.model, resume["model"], "resume")
             start = Position(**resume["position"])
             self.resume_state = resume
+            if self.is_main:
+                remove_partial_writes(self.run_dir / "checkpoints")
         results: dict[str, dict] = dict(resume.get("results", {})) if resume else {}
-        for index, stage in enumerate(stages):
-            if index < start.stage_index:
-                continue
-            if index == start.stage_index and start.epoch >= stage.epochs and stage.epochs > 0:
-                # The checkpoint was written when this stage had finished.
-                results[stage.name] = {"val": resume["metrics"], "best": resume["best"]}
-                self.resume_state = None
-                continue
-            pos = start if index == start.stage_index else Position(index, 0, 0, start.global_step)
-            results[stage.name] = self._run_stage(stage, pos, results)
-            start = Position(index + 1, 0, 0, self._global_step)
+        with self.stop:
+            for index, stage in enumerate(stages):
+                if index < start.stage_index:
+                    continue
+                if index == start.stage_index and start.epoch >= stage.epochs and stage.epochs > 0:
+                    # The checkpoint was written when this stage had finished: carry on from
+                    # the RNG state it ended with, as the uninterrupted run did.
+                    results[stage.name] = {"val": resume["metrics"], "best": resume["best"]}
+                    set_rng_state(resume["rng"])
+                    self.resume_state = None
+                    continue
+                pos = start if index == start.stage_index else Position(index, 0, 0, start.global_step)
+                results[stage.name] = self._run_stage(stage, pos, results)
+                start = Position(index + 1, 0, 0, self._global_step)
         return results
 
     def _run_stage(self, stage: Stage, pos: Position, results: dict[str, dict]) -> dict:
         set_frozen(self.model, stage.freeze)
-        optimizer = build_optimizer(self.optimizer_cfg, self.model, lr=stage.lr, lr_scale=stage.lr_scale)
+        optimizer = build_optimizer(self.optimizer_cfg, self.model, lr=stage.lr, lr_scale=stage.lr_scale,
+                                    device=self.device)
         accumulate = self.cfg.accumulate_grad_batches
         batches = self.train_loader.sampler.per_rank // self.cfg.batch_size
         if self.cfg.limit_train_batches is not None:
@@ -134,7 +162,8 @@ class Trainer:
         scheduler = hydra.utils.instantiate(self.scheduler_cfg)(optimizer,
                                                                 total_steps=steps_per_epoch * stage.epochs)
         scaler = grad_scaler(self.device, self.precision)
-        best = {"metric": stage.monitor, "mode": stage.monitor_mode, "value": None, "epoch": None}
+        best = {"metric": stage.monitor, "mode": stage.monitor_mode, "value": None, "epoch": None,
+                "top": []}
         metrics: dict[str, float] = {}
         if self.resume_state is not None:
             state, self.resume_state = self.resume_state, None
@@ -146,34 +175,86 @@ class Trainer:
                 metrics = state.get("metrics", {})
                 set_rng_state(state["rng"])
         self._global_step = pos.global_step
-        module = StageModule(self.model, stage.task)
+        ckpt = self.cfg.checkpoint
+        saver = CheckpointSaver(self.run_dir / "checkpoints" / stage.name, keep_last=ckpt.keep_last,
+                                keep_best=ckpt.keep_best)
+        module, cached = self._stage_module(stage)
         ctx = dict(stage=stage, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                   best=best, results=results)
+                   best=best, results=results, metrics=metrics, saver=saver, cached=cached,
+                   module=module, nonfinite=0)
+        self.meter.peak = peak_flops(self.device, self.precision)
+        if self.meter.peak and stage.epochs > pos.epoch:
+            self.meter.flops_per_sample = self._flops_per_sample(StageModule(self.model, stage.task), stage)
 
         if stage.epochs == 0:  # evaluate-only stage: still leaves last.pt/best.pt for eval
             metrics = self.validate(stage)
             self._update_best(ctx, metrics, epoch=0)
-            self._save("last", ctx, Position(pos.stage_index, 0, 0, self._global_step), metrics)
+            self._save_last(ctx, Position(pos.stage_index, 0, 0, self._global_step))
         for epoch in range(pos.epoch, stage.epochs):
             skip = pos.step if epoch == pos.epoch else 0
-            self._train_epoch(module, ctx, pos.stage_index, epoch, skip, steps_per_epoch, accumulate)
+            self._train_epoch(ctx, pos.stage_index, epoch, skip, steps_per_epoch, accumulate)
             metrics = self.validate(stage)
             self.logger.log({f"{stage.name}/val/{k}": v for k, v in metrics.items()}, self._global_step,
                             stage=stage.name, epoch=epoch + 1, split="val")
             self._update_best(ctx, metrics, epoch + 1)
-            self._save("last", ctx, Position(pos.stage_index, epoch + 1, 0, self._global_step), metrics)
-        return {"val": metrics, "best": ctx["best"]}
+            self._save_last(ctx, Position(pos.stage_index, epoch + 1, 0, self._global_step))
+        return {"val": ctx["metrics"], "best": ctx["best"]}
+
+    def _stage_module(self, stage: Stage) -> tuple[torch.nn.Module, bool]:
+        """The module the step loop calls: compiled if asked, then wrapped in DDP.
+
+        Returns (module, cached): with contrastive_accumulation=cache the loop calls the
+        task's `embed` on the plain model instead (see contrastive_cache.py).
+        """
+        cached = (self.cfg.contrastive_accumulation == "cache" and self.cfg.accumulate_grad_batches > 1
+                  and supports_cache(stage.task))
+        module: torch.nn.Module = StageModule(self.model, stage.task)
+        if cached:
+            return module, True
+        if self.cfg.compile:
+            # Compiles the wrapper; self.model keeps its own parameter names, so checkpoints
+            # saved from it load without compile.
+            module = torch.compile(module, backend=self.cfg.compile_backend)
+        if dist.is_distributed():
+            # Stages use part of the model (pretraining leaves the classifier idle), so DDP
+            # must look for parameters without gradients; their .grad stays None.
+            module = DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        return module, False
+
+    def _flops_per_sample(self, module: StageModule, stage: Stage) -> float:
+        """Training FLOPs per sample, counted once on a training-sized slice of a validation
+        batch (same shapes). Train mode, as the step runs (cuDNN RNNs have no backward in
+        eval mode), with the RNG forked and the buffers (BatchNorm statistics) restored, so
+        the run itself is not disturbed."""
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        self._set_train_mode(stage)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            batch = next(iter(self.val_loader))  # a new iterator draws a seed: inside the fork
+            batch = to_device({k: v[: self.cfg.batch_size] for k, v in batch.items()}, self.device)
+            with autocast(self.device, self.precision):
+                flops = count_train_flops(lambda: module(batch)["loss"])
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), buffers):
+                b.copy_(saved)
+        self.model.zero_grad(set_to_none=True)
+        return flops / batch["image"].shape[0]
 
     def validate(self, stage: Stage) -> dict[str, float]:
-        return evaluate(self.model, stage.task, self.val_loader, self.device, self.precision,
-                        limit=self.cfg.limit_eval_batches)
+        metrics = None
+        if self.is_main:
+            with dist.local_only():
+                metrics = evaluate(self.model, stage.task, self.val_loader, self.device, self.precision,
+                                   limit=self.cfg.limit_eval_batches)
+        return dist.broadcast_object(metrics)
 
     # ------------------------------------------------------------------ steps
 
-    def _train_epoch(self, module: StageModule, ctx: dict, stage_index: int, epoch: int, skip: int,
+    def _train_epoch(self, ctx: dict, stage_index: int, epoch: int, skip: int,
                      steps_per_epoch: int, accumulate: int) -> None:
         stage: Stage = ctx["stage"]
-        optimizer, scheduler, scaler = ctx["optimizer"], ctx["scheduler"], ctx["scaler"]
+        optimizer = ctx["optimizer"]
         sampler = self.train_loader.sampler
         sampler.set_epoch(epoch, skip=skip * accumulate * self.cfg.batch_size)
         self._set_train_mode(stage)
@@ -183,48 +264,108 @@ class Trainer:
         count = 0
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
                    disable=not (self.cfg.progress and self.is_main), dynamic_ncols=True, leave=False)
-        step, micro = skip, 0
+        # Creating a loader iterator draws its worker seed from the global RNG: keep that
+        # draw out of the RNG stream, or a run resumed mid-epoch (which creates one more
+        # iterator than the run it continues) would drift.
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.train_loader)
         optimizer.zero_grad(set_to_none=True)
-        for batch in self.train_loader:
-            if step >= steps_per_epoch:
-                break
-            batch = to_device(batch, self.device)
-            with autocast(self.device, self.precision):
-                out = module(batch)
-            scaler.scale(out["loss"] / accumulate).backward()
+        self.meter.reset()
+        for step in range(skip, steps_per_epoch):
+            try:
+                out = self._accumulate(ctx, batches, accumulate)
+                self._optimizer_step(ctx)
+            except torch.OutOfMemoryError:
+                optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                self._save_last(ctx, Position(stage_index, epoch, step, self._global_step))
+                raise ConfigError(
+                    f"CUDA out of memory at step {self._global_step + 1} of stage {stage.name} with "
+                    f"trainer.batch_size={self.cfg.batch_size}: lower it and raise "
+                    f"trainer.accumulate_grad_batches to keep the batch (or use precision=bf16-mixed); "
+                    f"last.pt saved, resume with trainer.resume=true") from None
             for k, v in out.items():
-                running[k] = running.get(k, 0.0) + v.detach().float() / accumulate
-            micro += 1
-            if micro % accumulate:
-                continue
-            if self.cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
+                running[k] = running.get(k, 0.0) + v
             count += 1
             self._global_step += 1
+            done = step + 1
             bar.update(1)
-            if step % log_every == 0 or step == steps_per_epoch:
-                # The only host sync of the step loop, once per log interval.
-                values = {k: float(v) / count for k, v in running.items()}
-                values["lr"] = optimizer.param_groups[0]["lr"]
+            if done % log_every == 0 or done == steps_per_epoch:
+                # The only host sync for logging, once per log interval.
+                values = {k: float(v) / count for k, v in dist.mean_over_ranks(running).items()}
+                values.update(self.meter.read(), lr=optimizer.param_groups[0]["lr"])
                 self.logger.log({f"{stage.name}/train/{k}": v for k, v in values.items()},
                                 self._global_step, stage=stage.name, epoch=epoch + 1, split="train")
                 bar.set_postfix(loss=f"{values['loss']:.4f}")
-                if not math.isfinite(values["loss"]):
-                    from mmtrain.errors import MmtrainError
-
-                    raise MmtrainError(f"training loss is {values['loss']} at step {self._global_step} "
-                                       f"of stage {stage.name}: lower optimizer.lr or use precision=32")
                 running, count = {}, 0
-            if every_n and step % every_n == 0 and step < steps_per_epoch:
-                self._save("last", ctx, Position(stage_index, epoch, step, self._global_step),
-                           ctx.get("metrics", {}))
+            if dist.any_rank(self.stop.requested is not None):
+                self._save_last(ctx, Position(stage_index, epoch, done, self._global_step))
+                dist.barrier()  # no rank exits (and makes torchrun stop the others) before the save
+                bar.close()
+                raise Preempted(f"stopped by {self.stop.requested or 'a signal on another rank'} after "
+                                f"step {self._global_step} (stage {stage.name}, epoch {epoch + 1}); "
+                                f"last.pt saved: continue with trainer.resume=true hydra.run.dir={self.run_dir}")
+            if every_n and done % every_n == 0 and done < steps_per_epoch:
+                self._save_last(ctx, Position(stage_index, epoch, done, self._global_step))
         bar.close()
+
+    def _next_batch(self, batches: Iterator) -> dict[str, torch.Tensor]:
+        waited = time.perf_counter()
+        batch = to_device(next(batches), self.device)
+        self.meter.data_wait(time.perf_counter() - waited)
+        self.meter.add(batch["image"].shape[0])
+        if self.cfg.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def _accumulate(self, ctx: dict, batches: Iterator, accumulate: int) -> dict[str, torch.Tensor]:
+        """Forward and backward over `accumulate` micro-batches; -> their mean outputs (on device)."""
+        stage, scaler, module = ctx["stage"], ctx["scaler"], ctx["module"]
+        amp = lambda: autocast(self.device, self.precision)  # noqa: E731
+        if ctx["cached"]:
+            micro = [self._next_batch(batches) for _ in range(accumulate)]
+            return cached_contrastive_backward(self.model, stage.task, micro, amp, scaler.scale)
+        totals: dict[str, torch.Tensor] = {}
+        for i in range(accumulate):
+            batch = self._next_batch(batches)
+            # Under DDP only the last micro-batch all-reduces; the others add to local grads.
+            last = i == accumulate - 1
+            sync = contextlib.nullcontext() if last or not isinstance(module, DistributedDataParallel) \
+                else module.no_sync()
+            with sync:
+                with amp():
+                    out = module(batch)
+                # Mean over micro-batches: N micro-batches of B give the gradient of one batch
+                # of N*B for a per-sample mean loss.
+                scaler.scale(out["loss"] / accumulate).backward()
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().float() / accumulate
+        return totals
+
+    def _optimizer_step(self, ctx: dict) -> None:
+        optimizer, scaler, stage = ctx["optimizer"], ctx["scaler"], ctx["stage"]
+        scaler.unscale_(optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if bool(torch.isfinite(norm)):
+            scaler.step(optimizer)
+            ctx["nonfinite"] = 0
+        else:
+            ctx["nonfinite"] += 1
+            if self.is_main:
+                log.warning("non-finite gradient at step %d of stage %s: step skipped (%d in a row)",
+                            self._global_step + 1, stage.name, ctx["nonfinite"])
+            if ctx["nonfinite"] >= self.cfg.max_nonfinite_steps:
+                raise MmtrainError(
+                    f"{ctx['nonfinite']} non-finite gradients in a row up to step {self._global_step + 1} "
+                    f"of stage {stage.name}: lower optimizer.lr, set trainer.grad_clip, or use "
+                    f"precision=32 or bf16-mixed instead of fp16-mixed")
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        ctx["scheduler"].step()
 
     def _set_train_mode(self, stage: Stage) -> None:
         self.model.train()
@@ -236,30 +377,35 @@ class Trainer:
 
     def _update_best(self, ctx: dict, metrics: dict[str, float], epoch: int) -> None:
         best, stage = ctx["best"], ctx["stage"]
+        ctx["metrics"] = metrics
         if stage.monitor not in metrics:
-            from mmtrain.errors import ConfigError
-
             raise ConfigError(f"stages.{stage.name}.monitor={stage.monitor!r} is not a metric of "
                               f"{type(stage.task).__name__} (it reports: {', '.join(metrics)})")
         value = metrics[stage.monitor]
-        better = best["value"] is None or (value > best["value"] if best["mode"] == "max"
-                                           else value < best["value"])
-        if better:
-            best.update(value=value, epoch=epoch)
-            self._save("best", ctx, None, metrics)
-
-    def _save(self, kind: str, ctx: dict, pos: Position | None, metrics: dict[str, float]) -> None:
-        if not self.is_main:
+        saver: CheckpointSaver = ctx["saver"]
+        name = f"best-epoch{epoch:03d}.pt"
+        kept, dropped = saver.rank(best.get("top", []), value, best["mode"], name)
+        if name not in [n for _, n in kept]:
             return
+        best["top"] = kept
+        if kept[0][1] == name:
+            best.update(value=value, epoch=epoch)
+        if self.is_main:
+            saver.save_best(self._payload(ctx, None), kept, dropped, name)
+
+    def _save_last(self, ctx: dict, pos: Position) -> None:
+        if self.is_main:
+            ctx["saver"].save_last(self._payload(ctx, pos), pos.global_step)
+
+    def _payload(self, ctx: dict, pos: Position | None) -> dict[str, Any]:
         stage: Stage = ctx["stage"]
-        ctx["metrics"] = metrics
         payload = {
             "format": FORMAT_VERSION,
             "model": self.model.state_dict(),
             "config": self.config,
             "tokenizer": self.data.tokenizer.to_json(),
             "stage": stage.name,
-            "metrics": metrics,
+            "metrics": ctx["metrics"],
             "best": dict(ctx["best"]),
             "results": ctx["results"],
         }
@@ -271,4 +417,4 @@ class Trainer:
                 scaler=ctx["scaler"].state_dict(),
                 rng=rng_state(),
             )
-        atomic_save(payload, self.checkpoint_path(stage.name, kind))
+        return payload

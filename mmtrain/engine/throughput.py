@@ -1,0 +1,89 @@
+"""Speed figures logged every N steps: samples/s, share of time waiting on data, peak
+memory, and on a known GPU the model FLOP utilisation (MFU)."""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+# Dense peak TFLOP/s per GPU (bf16/fp16 tensor cores, and fp32 with TF32 matmuls),
+# from the vendors' data sheets (SXM parts; no sparsity). Matched by substring of the name.
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989.0, "fp32": 494.0},
+    "H100 PCIe": {"bf16": 756.0, "fp32": 378.0},
+    "H100": {"bf16": 989.0, "fp32": 494.0},
+    "A100": {"bf16": 312.0, "fp32": 156.0},
+    "A10G": {"bf16": 70.0, "fp32": 35.0},
+    "L40S": {"bf16": 362.0, "fp32": 183.0},
+    "L4": {"bf16": 121.0, "fp32": 60.0},
+    "RTX 4090": {"bf16": 165.0, "fp32": 82.6},
+    "RTX 3090": {"bf16": 71.0, "fp32": 35.6},
+    "V100": {"bf16": 125.0, "fp32": 15.7},  # no bf16: the fp16 tensor-core figure
+    "T4": {"bf16": 65.0, "fp32": 8.1},
+}
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The device's peak FLOP/s for `precision`, or None (CPU, or a GPU not in the table)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_TFLOPS.items():  # longer names first where one contains another
+        if key in name:
+            return 1e12 * peaks["fp32" if precision == "32" else "bf16"]
+    return None
+
+
+def count_train_flops(step: Callable[[], torch.Tensor]) -> int:
+    """FLOPs of one forward + backward: `step()` returns the loss to differentiate."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step().backward()
+    return counter.get_total_flops()
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak tensor memory on a GPU; on the CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class ThroughputMeter:
+    """Times an interval of steps. `wait()` brackets fetching a batch; `read()` is called at
+    a log step, after the host has synced with the device, so the wall time is real."""
+
+    def __init__(self, device: torch.device, world_size: int = 1) -> None:
+        self.device = device
+        self.world_size = world_size
+        self.flops_per_sample: float | None = None
+        self.peak: float | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.start = time.perf_counter()
+        self.waiting = 0.0
+        self.samples = 0
+
+    def data_wait(self, seconds: float) -> None:
+        self.waiting += seconds
+
+    def add(self, samples: int) -> None:
+        self.samples += samples
+
+    def read(self) -> dict[str, Any]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        per_second = self.samples * self.world_size / elapsed  # all ranks together
+        out = {
+            "samples_per_s": per_second,
+            "data_wait": self.waiting / elapsed,
+            "peak_mem_gb": peak_memory_bytes(self.device) / 2**30,
+        }
+        if self.flops_per_sample and self.peak:
+            out["mfu"] = per_second * self.flops_per_sample / (self.peak * self.world_size)
+        self.reset()
+        return out

@@ -1,0 +1,39 @@
+"""SIGTERM (preemption) finishes the step, saves last.pt and exits 75; resuming completes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+from mmtrain.engine.checkpoint import load_checkpoint
+from mmtrain.engine.preemption import PREEMPTED_EXIT_CODE
+from mmtrain.train import train
+from trainer_utils import PER_SAMPLE, PYTHON, ROOT, TINY, cli_env, make_config, one_thread  # noqa: F401 (autouse fixture)
+
+
+def test_sigterm_saves_last_pt_and_exits_with_the_preemption_code(tmp_path):
+    run = tmp_path / "run"
+    overrides = [*TINY, *PER_SAMPLE, "trainer.batch_size=16", "trainer.checkpoint.every_n_steps=1",
+                 f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([PYTHON, "-m", "mmtrain", "train", *overrides], cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = run / "checkpoints" / "finetune" / "last.pt"
+    deadline = time.monotonic() + 90
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert last.exists(), proc.communicate()[0][-2000:]
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 10, "took too long to stop: torchrun's grace period is ~30 s"
+    assert proc.returncode == PREEMPTED_EXIT_CODE, output[-2000:]
+    assert "stopped by SIGTERM" in output and "trainer.resume=true" in output
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    position = load_checkpoint(last)["position"]
+    assert position["epoch"] == 0 and 1 <= position["step"] < 8
+
+    # The saved state resumes where it stopped and runs to the end.
+    train(make_config(*PER_SAMPLE, "trainer.batch_size=16", "trainer.resume=true"), run)
+    assert load_checkpoint(last)["position"]["epoch"] == 2
