@@ -11,7 +11,7 @@ from mmtrain.data.batch import collate
 from mmtrain.engine.contrastive_cache import cached_contrastive_backward
 from mmtrain.models.model import build_model
 from mmtrain.train import build_tasks, train
-from trainer_utils import PER_SAMPLE, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.trainer_utils import PER_SAMPLE, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
 
 
 # SGD without clipping: an update proportional to the gradient, so a wrongly scaled

@@ -12,7 +12,7 @@ import torch
 from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.errors import CheckpointError
 from mmtrain.train import train
-from trainer_utils import assert_same_weights, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.trainer_utils import assert_same_weights, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
 
 # every_n_steps=1 and keep_last=99: a copy of last.pt after every step, i.e. every
 # state a crash could leave behind. 128 samples / 32 = 4 steps an epoch; 1 + 2 epochs.

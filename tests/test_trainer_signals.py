@@ -10,7 +10,7 @@ import time
 from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.engine.preemption import PREEMPTED_EXIT_CODE
 from mmtrain.train import train
-from trainer_utils import PER_SAMPLE, PYTHON, ROOT, TINY, cli_env, make_config, one_thread  # noqa: F401 (autouse fixture)
+from tests.trainer_utils import PER_SAMPLE, PYTHON, ROOT, TINY, cli_env, make_config, one_thread  # noqa: F401 (autouse fixture)
 
 
 def test_sigterm_saves_last_pt_and_exits_with_the_preemption_code(tmp_path):
