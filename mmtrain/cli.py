@@ -12,6 +12,7 @@ import importlib
 import os
 import re
 import sys
+import traceback
 from typing import Any, TextIO
 
 # name -> (module with a `main()`, one-line help)
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
     # Let Hydra raise instead of printing a trimmed traceback and exiting 1, so that
-    # errors come out as one line here; a user who set the variable keeps the traceback.
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # errors come out as one line here; a user who set the variable gets the traceback too.
+    saved_env, saved_argv, saved_stderr = os.environ.get("HYDRA_FULL_ERROR"), sys.argv, sys.stderr
+    full_error = saved_env == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     _strip_subcommand_from_completion(name)
     sys.argv = [f"mmtrain {name}", *rest]
@@ -120,8 +122,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:
         if full_error:
-            raise
+            traceback.print_exc()
+        # The exit code survives a full traceback: a preempted run must still say 75.
         sys.exit(_report(exc))
+    finally:
+        # In-process callers (tests, notebooks) get their environment back.
+        sys.argv, sys.stderr = saved_argv, saved_stderr
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
 
 
 def _report(exc: Exception) -> int:
