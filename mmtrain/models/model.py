@@ -77,6 +77,28 @@ def blank_modalities(batch: dict[str, torch.Tensor], blank: Iterable[str]) -> di
     return out
 
 
+def drop_modalities(batch: dict[str, torch.Tensor], p: float) -> dict[str, torch.Tensor]:
+    """Modality dropout: with probability `p` per sample, blank one of its two modalities (each
+    equally likely), exactly as `blank_modalities` does for a whole batch, so a model trained
+    with it sees at training time the missing input that `mmtrain eval ablate=true` shows it."""
+    if p <= 0:
+        return batch
+    n = batch["image"].shape[0]
+    device = batch["image"].device
+    dropped = torch.rand(n, device=device) < p
+    image_side = torch.rand(n, device=device) < 0.5
+    no_image, no_text = dropped & image_side, dropped & ~image_side
+    out = dict(batch)
+    grey = torch.full_like(batch["image"], 128)
+    out["image"] = torch.where(no_image.view(-1, 1, 1, 1), grey, batch["image"])
+    text = batch["text"].clone()
+    text[no_text] = 0
+    text[no_text, 0] = 1  # the one-[UNK] text of blank_modalities (pad id 0 after it)
+    out["text"] = text
+    out["text_lengths"] = torch.where(no_text, torch.ones_like(batch["text_lengths"]), batch["text_lengths"])
+    return out
+
+
 def build_model(cfg: Any, info: DataInfo) -> MultimodalModel:
     """Instantiate the encoders from their configs, then a fusion that fits their widths."""
     image_encoder = hydra.utils.instantiate(cfg.image_encoder, in_channels=info.image_channels,
