@@ -98,10 +98,6 @@ class CaptioningTask:
                  dropout: float = 0.1, label_smoothing: float = 0.0, beam_size: int = 3,
                  max_decode_length: int | None = None, num_examples: int = 20,
                  name: str = "captioning") -> None:
-        if dim % heads:
-            raise ConfigError(f"task: captioning dim={dim} must be a multiple of heads={heads}")
-        if beam_size < 1:
-            raise ConfigError(f"task: captioning beam_size={beam_size} must be >= 1 (1 = greedy)")
         self.decoder_options = dict(dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout)
         self.label_smoothing = label_smoothing
         self.beam_size = beam_size
@@ -112,6 +108,11 @@ class CaptioningTask:
         """(generated, references) of the first few items of the latest `evaluate`."""
 
     def attach(self, model: Any, info: DataInfo) -> None:
+        dim, heads = self.decoder_options["dim"], self.decoder_options["heads"]
+        if dim % heads:
+            raise ConfigError(f"{self.name} task: dim={dim} must be a multiple of heads={heads}")
+        if self.beam_size < 1:
+            raise ConfigError(f"{self.name} task: beam_size={self.beam_size} must be >= 1 (1 = greedy)")
         tok = info.tokenizer
         if tok is None:
             raise ConfigError("the captioning task needs the data's tokenizer (DataInfo.tokenizer): "

@@ -58,8 +58,6 @@ class ClassificationTask:
     def __init__(self, label: str = "label", hidden_dim: int = 256, dropout: float = 0.1,
                  label_smoothing: float = 0.0, modality_dropout: float = 0.0,
                  name: str = "classification") -> None:
-        if not 0.0 <= modality_dropout <= 1.0:
-            raise ConfigError(f"task.modality_dropout={modality_dropout} must be a probability in [0, 1]")
         self.label = label
         self.hidden_dim = hidden_dim
         self.dropout = dropout
@@ -72,6 +70,9 @@ class ClassificationTask:
         """C x C counts (rows: true class) from the latest `evaluate`."""
 
     def attach(self, model: Any, info: DataInfo) -> None:
+        if not 0.0 <= self.modality_dropout <= 1.0:
+            raise ConfigError(f"{self.name} task: modality_dropout={self.modality_dropout} must be a "
+                              f"probability in [0, 1]")
         if self.label not in info.num_classes:
             raise ConfigError(f"task label {self.label!r} is not in this dataset "
                               f"(it has: {', '.join(info.num_classes)})")
