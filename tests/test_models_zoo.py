@@ -40,6 +40,19 @@ def test_every_fusion_composes_and_backpropagates_with_every_task(fusion, task):
     assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize("fusion", ["film", "attention"])
+@pytest.mark.parametrize("image,text", [("cnn", "gru"), ("resnet18", "lstm"), ("resnet34", "transformer"),
+                                        ("vit_tiny", "bow")])
+def test_token_sequences_of_every_encoder_feed_the_fusions_that_attend_over_them(image, text, fusion):
+    # Pooled-vector fusions see B x D from any encoder; these two read each encoder's token
+    # sequence (and the text's padding mask), the part whose shape differs between encoders.
+    model, task, data = build(compose_config(image, text, fusion))
+    out = task.training_step(model, fixed_batch(data, 8))
+    out["loss"].backward()
+    for part in (model.image_encoder, model.text_encoder, model.fusion):
+        assert all(p.grad is not None for p in part.parameters()), f"{image}+{text}+{fusion}: no gradient"
+
+
 @pytest.mark.parametrize("fusion", choices("model/fusion"))
 def test_every_fusion_overfits_a_batch_in_classification(fusion):
     model, task, data = build(compose_config(fusion=fusion))

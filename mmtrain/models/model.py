@@ -106,9 +106,10 @@ def _instantiate(cfg: Any, **kwargs: Any) -> Any:
     try:
         return hydra.utils.instantiate(cfg, **kwargs)
     except InstantiationException as e:
-        if isinstance(e.__cause__, MmtrainError):
-            raise e.__cause__ from None
-        raise
+        if not isinstance(e.__cause__, MmtrainError):
+            raise
+        error = e.__cause__
+    raise error  # outside the except block, so it carries no wrapper as its context
 
 
 def build_model(cfg: Any, info: DataInfo) -> MultimodalModel:
