@@ -7,7 +7,7 @@ import torch
 
 from mmtrain.errors import ConfigError
 from mmtrain.models import fusion as fusion_lib
-from zoo import one_thread
+from tests.zoo import one_thread
 
 @pytest.fixture(autouse=True)
 def _single_thread():
@@ -54,12 +54,12 @@ def test_film_conditions_the_image_on_the_text_once_trained():
     assert not torch.allclose(fusion(image, torch.randn(3, 5)), fusion(image, torch.randn(3, 5)))
 
 
-def test_late_fusion_with_a_linear_head_averages_per_modality_logits():
+def test_late_fusion_keeps_each_modality_to_its_own_tower():
     fusion = fusion_lib.LateFusion(6, 5, dim=8)
-    head = torch.nn.Linear(8, 3)
     image, text = torch.randn(4, 6), torch.randn(4, 5)
-    per_modality = 0.5 * (head(fusion.image_tower(image)) + head(fusion.text_tower(text)))
-    assert torch.allclose(head(fusion(image, text)), per_modality, atol=1e-6)
+    image_part, text_part = fusion.per_modality(image, text)
+    assert torch.allclose(fusion(image, text), 0.5 * (image_part + text_part))
+    assert torch.equal(fusion.per_modality(image, torch.randn(4, 5))[0], image_part)
 
 
 def test_attention_heads_must_divide_the_width():

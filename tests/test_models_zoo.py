@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mmtrain.errors import ConfigError
-from zoo import TINY, build, choices, compose_config, fixed_batch, one_thread, overfit
+from tests.zoo import TINY, build, choices, compose_config, fixed_batch, one_thread, overfit
 
 @pytest.fixture(autouse=True)
 def _single_thread():
@@ -81,10 +81,18 @@ def test_encoders_overfit_a_batch_with_each_task(image, text, fusion, task, size
     assert last <= 0.1 * first, f"{image}+{text}+{fusion}/{task}: loss {first:.3f} -> {last:.3f}"
 
 
-def test_late_fusion_with_a_hidden_layer_head_is_refused_with_the_fix():
-    cfg = compose_config(fusion="late", extra=["stages.pretrain.task.hidden_dim=32"])
-    with pytest.raises(ConfigError, match=r"fusion=late .* set the classification task's hidden_dim=0"):
-        build(cfg)
+def test_classification_with_late_fusion_adds_one_head_per_modality_and_averages_their_logits():
+    model, task, data = build(compose_config(fusion="late"))
+    model.eval()
+    batch = fixed_batch(data, 6)
+    other_text = {**batch, "text": batch["text"].roll(1, 0), "text_lengths": batch["text_lengths"].roll(1, 0)}
+    with torch.no_grad():
+        change = task.logits(model, other_text) - task.logits(model, batch)
+        # Additive in the modalities: what a text adds cannot depend on the image it meets.
+        other_image = {k: v.roll(2, 0) if k == "image" else v for k, v in batch.items()}
+        other_both = {**other_text, "image": other_image["image"]}
+        assert torch.allclose(task.logits(model, other_both) - task.logits(model, other_image), change, atol=1e-5)
+    assert set(model.heads["classification"]) == {"image", "text"}
 
 
 def test_vit_with_a_patch_that_does_not_tile_the_image_is_refused():

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from mmtrain.config import register_schemas
 from mmtrain.eval import evaluate_checkpoint, run as eval_run
 from mmtrain.train import train
-from zoo import CONF, compose_config, one_thread
+from tests.zoo import CONF, compose_config, one_thread
 
 TINY_RUN = ["trainer.batch_size=16", "trainer.progress=false", "logger.tensorboard=false",
             "trainer.device=cpu"]
@@ -35,7 +35,7 @@ def test_classification_run_writes_a_confusion_png_and_eval_reports_three_ways(t
                                                           f"out={tmp_path / 'eval.json'}"])
     eval_run(eval_cfg)
     table = capsys.readouterr().out
-    assert "both" in table and "without_image" in table and "without_text" in table
+    assert "both" in table and "without image" in table and "without text" in table
     assert (tmp_path / "eval" / "classification_confusion.png").is_file()
 
     result = evaluate_checkpoint(best, ablate=True, device="cpu")
@@ -63,3 +63,25 @@ def test_contrastive_then_captioning_run_writes_examples_and_ablates_by_task(tmp
                                     device="cpu", split="val")
     assert set(retrieval["metrics_without_text"]) == set(retrieval["metrics"])
     assert "i2t_r1" in retrieval["metrics_without_image"]
+
+
+def test_coco_caption_recipe_on_official_format_files_scores_against_every_reference(tmp_path):
+    from tests.data_helpers import coco_fixture
+
+    root = coco_fixture(tmp_path / "coco")
+    register_schemas()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "+experiment=coco_caption", f"data.root={root}", "data.image_size=32", "data.n_val=8",
+            "data.tokenizer_options.max_length=16", "data.cache=false", "trainer.num_workers=0",
+            "stages.pretrain.epochs=1", "stages.caption.epochs=1", "stages.pretrain.task.embed_dim=16",
+            "model.image_encoder.width=8", "model.image_encoder.dim=16", "model/text_encoder=bow",
+            "model.text_encoder.dim=16", "stages.caption.task.dim=16", "stages.caption.task.heads=2",
+            "stages.caption.task.depth=1", "stages.caption.task.max_length=17", *TINY_RUN])
+    summary = train(cfg, tmp_path / "run")
+    assert set(summary["test"]) == {"loss", "bleu4", "cider_d"}
+    examples = (tmp_path / "run" / "artifacts" / "captioning_examples.json").read_text()
+    import json
+
+    refs = [len(e["references"]) for e in json.loads(examples)]
+    assert max(refs) > 1, "COCO images have several captions: each is scored against all of them"

@@ -10,7 +10,7 @@ import torch
 
 from mmtrain.tasks._caption_metrics import bleu4, caption_words, cider_d
 from mmtrain.tasks.captioning import beam_search
-from zoo import build, compose_config, fixed_batch, one_thread, overfit
+from tests.zoo import build, compose_config, fixed_batch, one_thread, overfit
 
 
 @pytest.fixture(autouse=True)

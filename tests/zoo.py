@@ -65,8 +65,6 @@ def compose_config(image: str = "cnn", text: str = "bow", fusion: str = "concat"
     overrides += [f"model.text_encoder.{o}" for o in TINY["model/text_encoder"].get(text, [])]
     overrides += [f"model.fusion.{o}" for o in TINY["model/fusion"].get(fusion, [])]
     overrides += [f"stages.pretrain.task.{o}" for o in TINY["task"].get(task, [])]
-    if fusion == "late" and task == "classification":
-        overrides.append("stages.pretrain.task.hidden_dim=0")
     overrides += extra or []
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)

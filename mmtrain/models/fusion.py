@@ -172,15 +172,9 @@ class BilinearFusion(nn.Module):
 
 
 class LateFusion(nn.Module):
-    """Late fusion: each modality goes through its own MLP tower to `dim`, and the output is
-    the average of the two, so the modalities never interact before the head.
-
-    A *linear* head on this output gives the average of two per-modality heads' logits
-    (W (a + b) / 2 + c = (W a + c + W b + c) / 2): one head per modality, combined logits.
-    `late = True` tells tasks to keep their head linear (the classification task checks it).
-    """
-
-    late = True
+    """Late fusion: each modality goes through its own MLP tower to `dim` and the two never
+    interact. `forward` averages them; `per_modality` gives them apart, so a task can put one
+    head on each and combine their logits (the classification task does)."""
 
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, dropout: float = 0.0) -> None:
         super().__init__()
@@ -188,7 +182,12 @@ class LateFusion(nn.Module):
         self.text_tower = _mlp(text_dim, dim, dropout)
         self.out_dim = dim
 
+    def per_modality(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (image B x dim, text B x dim), each computed from its own modality only."""
+        return self.image_tower(image), self.text_tower(text)
+
     def forward(self, image: torch.Tensor, text: torch.Tensor,
                 image_tokens: Optional[torch.Tensor] = None, text_tokens: Optional[torch.Tensor] = None,
                 text_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return 0.5 * (self.image_tower(image) + self.text_tower(text))
+        image_part, text_part = self.per_modality(image, text)
+        return 0.5 * (image_part + text_part)

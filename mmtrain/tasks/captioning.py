@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtrain.data import DataInfo
+from mmtrain.data.tokenizer import BOS, EOS, SPECIALS
 from mmtrain.errors import ConfigError
 from mmtrain.tasks._caption_metrics import bleu4, caption_words, cider_d
 
@@ -96,11 +97,13 @@ class CaptioningTask:
 
     def __init__(self, dim: int = 256, depth: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
                  dropout: float = 0.1, label_smoothing: float = 0.0, beam_size: int = 3,
-                 max_decode_length: int | None = None, num_examples: int = 20,
+                 max_length: int = 64, max_decode_length: int | None = None, num_examples: int = 20,
                  name: str = "captioning") -> None:
         self.decoder_options = dict(dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout)
         self.label_smoothing = label_smoothing
         self.beam_size = beam_size
+        self.max_length = max_length
+        """Decoder positions: [BOS] plus the longest caption it trains on or generates."""
         self.max_decode_length = max_decode_length
         self.num_examples = num_examples
         self.name = name
@@ -114,16 +117,24 @@ class CaptioningTask:
         if self.beam_size < 1:
             raise ConfigError(f"{self.name} task: beam_size={self.beam_size} must be >= 1 (1 = greedy)")
         tok = info.tokenizer
-        if tok is None:
-            raise ConfigError("the captioning task needs the data's tokenizer (DataInfo.tokenizer): "
-                              "build the data with mmtrain.data.build")
+        if tok is not None and tok.max_length + 1 > self.max_length:
+            raise ConfigError(f"{self.name} task: max_length={self.max_length} cannot hold [BOS] + the data's "
+                              f"captions of up to {tok.max_length} tokens: set it to {tok.max_length + 1} or more")
+        # No caption needs to be longer than the longest the data's tokenizer keeps.
+        self.decode_length = self.max_decode_length or (tok.max_length if tok is not None else self.max_length - 1)
+        if self.decode_length > self.max_length - 1:
+            raise ConfigError(f"{self.name} task: max_decode_length={self.decode_length} needs "
+                              f"max_length >= {self.decode_length + 1} (it is {self.max_length})")
         self.tokenizer = tok
-        self.pad_id, self.bos_id, self.eos_id = tok.pad_id, tok.bos_id, tok.eos_id
-        self.max_length = self.max_decode_length or tok.max_length
-        # Room for [BOS] + the longest caption (training) or the longest decode.
-        positions = max(tok.max_length, self.max_length) + 1
-        model.heads[self.name] = CaptionDecoder(tok.vocab_size, model.image_encoder.out_dim, positions,
-                                                pad_id=tok.pad_id, **self.decoder_options)
+        self.pad_id = info.pad_id
+        # Without a tokenizer (model building only) the ids are the fixed special-token ids.
+        self.bos_id = tok.bos_id if tok is not None else SPECIALS.index(BOS)
+        self.eos_id = tok.eos_id if tok is not None else SPECIALS.index(EOS)
+        model.heads[self.name] = CaptionDecoder(info.vocab_size, model.image_encoder.out_dim, self.max_length,
+                                                pad_id=info.pad_id, **self.decoder_options)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if self.tokenizer is not None else " ".join(map(str, ids))
 
     def training_step(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         decoder = model.heads[self.name]
@@ -151,7 +162,7 @@ class CaptioningTask:
         def step(prefix: torch.Tensor) -> torch.Tensor:
             return F.log_softmax(decoder(prefix, memory)[:, -1].float(), dim=-1)
 
-        return beam_search(step, images.shape[0], self.bos_id, self.eos_id, self.max_length, k,
+        return beam_search(step, images.shape[0], self.bos_id, self.eos_id, self.decode_length, k,
                            device=images.device)
 
     @torch.no_grad()
@@ -174,7 +185,7 @@ class CaptioningTask:
                 list(range(offset, offset + ids.shape[0]))
             offset += ids.shape[0]
             for key, row, n in zip(keys, ids.tolist(), lengths.tolist()):
-                references.setdefault(key, []).append(caption_words(self.tokenizer.decode(row[:n])))
+                references.setdefault(key, []).append(caption_words(self.decode(row[:n])))
             new, seen = [], set(generated)
             for i, key in enumerate(keys):  # decode each image once, however many captions it has
                 if key not in seen:
@@ -183,7 +194,7 @@ class CaptioningTask:
             if new:
                 index = torch.tensor(new, device=batch["image"].device)
                 for i, out in zip(new, self.generate(model, batch["image"].index_select(0, index))):
-                    text_of[keys[i]] = self.tokenizer.decode(out)
+                    text_of[keys[i]] = self.decode(out)
                     generated[keys[i]] = caption_words(text_of[keys[i]])
         order = list(generated)
         cands, refs = [generated[k] for k in order], [references[k] for k in order]

@@ -13,7 +13,7 @@ from torchmetrics.functional.classification import (multiclass_accuracy, multicl
 
 from mmtrain.data import DataInfo
 from mmtrain.errors import ConfigError
-from mmtrain.models.model import drop_modalities
+from mmtrain.models.model import MODALITIES, drop_modalities
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, title: str = "") -> None:
@@ -48,6 +48,8 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, 
 class ClassificationTask:
     """Cross-entropy on `label` from the fused features; accuracy, macro-F1, a confusion matrix.
 
+With `model/fusion=late` each modality gets its own head and the logits are averaged.
+
     `modality_dropout=p` blanks one modality of a training sample with probability p, so the
     model still works when an input is missing (see `mmtrain eval ablate=true`).
     """
@@ -65,6 +67,7 @@ class ClassificationTask:
         self.modality_dropout = modality_dropout
         self.name = name
         self.num_classes = 0
+        self.per_modality = False
         self.class_names: list[str] = []
         self.confusion: torch.Tensor | None = None
         """C x C counts (rows: true class) from the latest `evaluate`."""
@@ -76,23 +79,30 @@ class ClassificationTask:
         if self.label not in info.num_classes:
             raise ConfigError(f"task label {self.label!r} is not in this dataset "
                               f"(it has: {', '.join(info.num_classes)})")
-        if getattr(model.fusion, "late", False) and self.hidden_dim:
-            raise ConfigError(f"model/fusion=late combines per-modality logits, which needs a linear "
-                              f"head: set the {self.name} task's hidden_dim=0 "
-                              f"(e.g. stages.finetune.task.hidden_dim=0), not {self.hidden_dim}")
         self.num_classes = info.num_classes[self.label]
         self.class_names = list(info.class_names.get(self.label, [])) or \
             [str(i) for i in range(self.num_classes)]
-        dim = model.fusion.out_dim
-        if self.hidden_dim:
-            head = nn.Sequential(nn.Linear(dim, self.hidden_dim), nn.GELU(), nn.Dropout(self.dropout),
-                                 nn.Linear(self.hidden_dim, self.num_classes))
+        # A late fusion keeps the modalities apart: one head on each, logits averaged.
+        self.per_modality = hasattr(model.fusion, "per_modality")
+        if self.per_modality:
+            model.heads[self.name] = nn.ModuleDict({m: self._head(model.fusion.out_dim) for m in MODALITIES})
         else:
-            head = nn.Linear(dim, self.num_classes)
-        model.heads[self.name] = head
+            model.heads[self.name] = self._head(model.fusion.out_dim)
+
+    def _head(self, dim: int) -> nn.Module:
+        if not self.hidden_dim:
+            return nn.Linear(dim, self.num_classes)
+        return nn.Sequential(nn.Linear(dim, self.hidden_dim), nn.GELU(), nn.Dropout(self.dropout),
+                             nn.Linear(self.hidden_dim, self.num_classes))
 
     def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model.heads[self.name](model(batch)["fused"])
+        head = model.heads[self.name]
+        if not self.per_modality:
+            return head(model(batch)["fused"])
+        image = model.encode_image(batch["image"]).pooled
+        text = model.encode_text(batch["text"], batch["text_lengths"]).pooled
+        image_part, text_part = model.fusion.per_modality(image, text)
+        return 0.5 * (head["image"](image_part) + head["text"](text_part))
 
     def training_step(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.logits(model, drop_modalities(batch, self.modality_dropout))
