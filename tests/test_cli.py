@@ -37,7 +37,7 @@ def test_hydra_help_and_cfg_work_through_the_subcommand(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["train", "trainer.epochz=3"], "epochz"),
-    (["train", "model/fusion=gatd"], "Available options in 'model/fusion': concat"),
+    (["train", "model/fusion=gatd"], "Available options in 'model/fusion': attention, bilinear, concat"),
     (["train", "trainer.batch_size=abc"], "abc"),
     (["train", "+model.fusion.dimm=3"], "has no option 'dimm' (it accepts: image_dim, text_dim, dim"),
     (["eval", "ckpt=missing.pt"], "checkpoint not found: missing.pt"),
