@@ -9,7 +9,7 @@ from torch import nn
 
 from mmtrain.models import EncoderOutput
 from mmtrain.tasks import contrastive
-from mmtrain.tasks.contrastive import ContrastiveHead, ContrastiveTask, retrieval_ranks
+from mmtrain.tasks.contrastive import ContrastiveHead, ContrastiveTask, clip_loss, retrieval_ranks
 
 # Four (image, caption) samples; samples 0 and 1 are two captions of the same image A.
 IMAGES = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])     # A, A, B, C
@@ -125,3 +125,17 @@ def test_gradients_under_ddp_equal_a_one_process_run_on_the_global_batch(monkeyp
     for name, grad in expected.items():
         averaged = (per_rank[0][name] + per_rank[1][name]) / 2
         assert torch.allclose(averaged, grad, atol=1e-6), name
+
+
+def test_loss_is_computed_in_fp32_under_mixed_precision():
+    torch.manual_seed(0)
+    image = nn.functional.normalize(torch.randn(64, 16), dim=-1).bfloat16()
+    text = nn.functional.normalize(image.float() + 0.3 * torch.randn(64, 16), dim=-1).bfloat16()
+    scale, target = torch.tensor(14.3), torch.arange(64)
+    exact = clip_loss(image.float(), text.float(), scale)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = clip_loss(image, text, scale)
+        # What the loss would be with autocast left on: the logits rounded to bf16.
+        naive = nn.functional.cross_entropy(scale * image @ text.t(), target)
+    assert mixed.dtype == torch.float32 and float(mixed) == pytest.approx(float(exact), rel=1e-6)
+    assert float(naive) != pytest.approx(float(exact), rel=1e-4)

@@ -29,10 +29,13 @@ class ContrastiveHead(nn.Module):
 
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over N matched pairs (row i of each is a pair), in fp32."""
-    logits = scale * image.float() @ text.float().t()                   # N x N
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    """Symmetric InfoNCE over N matched pairs (row i of each is a pair), in fp32 even under
+    autocast: a softmax over N logits in half precision loses the small differences this loss
+    lives on (autocast would run the matmul in bf16/fp16 whatever its inputs' dtype)."""
+    with torch.autocast(image.device.type, enabled=False):
+        logits = scale.float() * image.float() @ text.float().t()      # N x N
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -50,6 +53,12 @@ def retrieval_ranks(image: torch.Tensor, text: torch.Tensor, text_image: torch.T
     images outscore the text's own. Similarities are computed `chunk_size` rows at a time, so
     memory holds chunk_size x max(Ni, Nt) scores, never Ni x Nt.
     """
+    with torch.autocast(image.device.type, enabled=False):  # ranks from fp32 scores: no bf16 ties
+        return _ranks(image.float(), text.float(), text_image, chunk_size)
+
+
+def _ranks(image: torch.Tensor, text: torch.Tensor, text_image: torch.Tensor,
+           chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     n_image, n_text = image.shape[0], text.shape[0]
     t2i = torch.empty(n_text, dtype=torch.long, device=text.device)
     for s in range(0, n_text, chunk_size):
@@ -116,8 +125,6 @@ class ContrastiveTask:
             # the local features' gradient by n_ranks makes both equal to a 1-process run.
             image, text = _scale_grad(image, n_ranks), _scale_grad(text, n_ranks)
         scale = self.logit_scale(model)
-        # In fp32 (embed casts): a softmax over N logits in half precision loses the small
-        # differences this loss lives on.
         loss = clip_loss(all_gather_with_grad(image), all_gather_with_grad(text), scale)
         return {"loss": loss, "logit_scale": scale.detach()}
 
