@@ -41,8 +41,10 @@ def resolve_checkpoint(ckpt: str | None, run_dir: str | None) -> Path:
 def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto",
                         precision: str = "32", batch_size: int = 256, num_workers: int = 0,
                         data_overrides: dict | None = None, ablate: bool = False,
-                        limit_eval_batches: int | None = None) -> dict[str, Any]:
-    """Rebuild data and model from the checkpoint alone and run its stage's task metrics."""
+                        limit_eval_batches: int | None = None,
+                        artifacts_dir: Path | None = None) -> dict[str, Any]:
+    """Rebuild data and model from the checkpoint alone and run its stage's task metrics
+    (and write the task's artifacts, e.g. a confusion matrix, to `artifacts_dir`)."""
     from mmtrain import data as data_lib
     from mmtrain.data.loader import make_loader
     from mmtrain.data.tokenizer import TextTokenizer
@@ -67,8 +69,11 @@ def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto"
     loader = make_loader(data.split(split), batch_size, train=False, num_workers=num_workers, device=dev)
     result: dict[str, Any] = {"checkpoint": str(path), "stage": ckpt["stage"], "split": split}
     result["metrics"] = evaluate(model, task, loader, dev, precision, limit=limit_eval_batches)
+    if artifacts_dir is not None and hasattr(task, "write_artifacts"):
+        result["artifacts"] = [str(p) for p in task.write_artifacts(artifacts_dir)]
     if ablate:
-        for blank in ("image", "text"):
+        # A task's target is not an input to blank (captioning's text is what it predicts).
+        for blank in getattr(task, "input_modalities", ("image", "text")):
             result[f"metrics_without_{blank}"] = evaluate(model, task, loader, dev, precision,
                                                           blank=(blank,), limit=limit_eval_batches)
     return result
@@ -83,11 +88,12 @@ def default_output(path: Path, split: str) -> Path:
 
 def run(cfg: DictConfig) -> None:
     path = resolve_checkpoint(cfg.ckpt, cfg.run)
+    out = Path(cfg.out) if cfg.out else default_output(path, cfg.split)
     result = evaluate_checkpoint(path, cfg.split, device=cfg.device, precision=cfg.precision,
                                  batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                  data_overrides=OmegaConf.to_container(cfg.data),
-                                 ablate=cfg.ablate, limit_eval_batches=cfg.limit_eval_batches)
-    out = Path(cfg.out) if cfg.out else default_output(path, cfg.split)
+                                 ablate=cfg.ablate, limit_eval_batches=cfg.limit_eval_batches,
+                                 artifacts_dir=out.with_suffix(""))
     _write_json(out, result)
     columns = {"both": result["metrics"]}
     for blank in ("image", "text"):

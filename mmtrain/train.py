@@ -200,6 +200,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                              num_workers=cfg.trainer.num_workers, device=device)
         summary["test"] = evaluate(model, final.task, loader, device, trainer.precision)
         summary["test_checkpoint"] = str(best_path)
+        if hasattr(final.task, "write_artifacts"):
+            summary["artifacts"] = [str(p) for p in final.task.write_artifacts(run_dir / "artifacts")]
     _write_json(run_dir / "metrics.json", summary)
     print_summary(summary)
     return summary

@@ -137,10 +137,11 @@ def test_missing_coco_says_the_download_command(tmp_path):
         build(tmp_path)
 
 
-def test_coco_caption_recipe_composes_contrastive_then_retrieval_finetune(root):
+def test_coco_caption_recipe_composes_contrastive_then_captioning(root):
     cfg = compose_train(["+experiment=coco_caption", f"data.root={root}"])
-    assert list(cfg.stages) == ["pretrain", "finetune"]
-    assert {s.task._target_ for s in cfg.stages.values()} == {"mmtrain.tasks.contrastive.ContrastiveTask"}
+    assert list(cfg.stages) == ["pretrain", "caption"]
+    assert [s.task._target_ for s in cfg.stages.values()] == ["mmtrain.tasks.contrastive.ContrastiveTask",
+                                                              "mmtrain.tasks.captioning.CaptioningTask"]
     assert cfg.data._target_ == "mmtrain.data.coco.build_coco_captions"
 
 

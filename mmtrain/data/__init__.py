@@ -31,6 +31,8 @@ class DataInfo:
     image_std: tuple[float, ...] = (0.5,)
     modality_labels: dict[str, str] = field(default_factory=dict)
     """Modality -> the label it alone determines (image -> digit): the multitask targets."""
+    tokenizer: TextTokenizer | None = field(default=None, repr=False)
+    """The fitted tokenizer (decoding, bos/eos ids: captioning needs them); DataBundle sets it."""
 
 
 @dataclass
@@ -40,6 +42,10 @@ class DataBundle:
     test: Dataset
     tokenizer: TextTokenizer
     info: DataInfo
+
+    def __post_init__(self) -> None:
+        if self.info.tokenizer is None:
+            self.info.tokenizer = self.tokenizer
 
     def split(self, name: str) -> Dataset:
         if name not in ("train", "val", "test"):

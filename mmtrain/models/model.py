@@ -6,10 +6,11 @@ from typing import Any, Iterable
 
 import hydra.utils
 import torch
+from hydra.errors import InstantiationException
 from torch import nn
 
 from mmtrain.data import DataInfo
-from mmtrain.errors import ConfigError
+from mmtrain.errors import ConfigError, MmtrainError
 from mmtrain.models import EncoderOutput
 
 MODALITIES = ("image", "text")
@@ -77,17 +78,49 @@ def blank_modalities(batch: dict[str, torch.Tensor], blank: Iterable[str]) -> di
     return out
 
 
+def drop_modalities(batch: dict[str, torch.Tensor], p: float) -> dict[str, torch.Tensor]:
+    """Modality dropout: with probability `p` per sample, blank one of its two modalities (each
+    equally likely), exactly as `blank_modalities` does for a whole batch, so a model trained
+    with it sees at training time the missing input that `mmtrain eval ablate=true` shows it."""
+    if p <= 0:
+        return batch
+    n = batch["image"].shape[0]
+    device = batch["image"].device
+    dropped = torch.rand(n, device=device) < p
+    image_side = torch.rand(n, device=device) < 0.5
+    no_image, no_text = dropped & image_side, dropped & ~image_side
+    out = dict(batch)
+    grey = torch.full_like(batch["image"], 128)
+    out["image"] = torch.where(no_image.view(-1, 1, 1, 1), grey, batch["image"])
+    text = batch["text"].clone()
+    text[no_text] = 0
+    text[no_text, 0] = 1  # the one-[UNK] text of blank_modalities (pad id 0 after it)
+    out["text"] = text
+    out["text_lengths"] = torch.where(no_text, torch.ones_like(batch["text_lengths"]), batch["text_lengths"])
+    return out
+
+
+def _instantiate(cfg: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but an mmtrain error raised inside the target reaches the user
+    as itself (one line naming the fix) rather than wrapped in Hydra's InstantiationException."""
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        if not isinstance(e.__cause__, MmtrainError):
+            raise
+        error = e.__cause__
+    raise error  # outside the except block, so it carries no wrapper as its context
+
+
 def build_model(cfg: Any, info: DataInfo) -> MultimodalModel:
     """Instantiate the encoders from their configs, then a fusion that fits their widths."""
-    image_encoder = hydra.utils.instantiate(cfg.image_encoder, in_channels=info.image_channels,
-                                            image_size=info.image_size)
-    text_encoder = hydra.utils.instantiate(cfg.text_encoder, vocab_size=info.vocab_size,
-                                           pad_id=info.pad_id)
+    image_encoder = _instantiate(cfg.image_encoder, in_channels=info.image_channels,
+                                 image_size=info.image_size)
+    text_encoder = _instantiate(cfg.text_encoder, vocab_size=info.vocab_size, pad_id=info.pad_id)
     for name, enc in (("image_encoder", image_encoder), ("text_encoder", text_encoder)):
         if not isinstance(getattr(enc, "out_dim", None), int):
             raise ConfigError(f"model.{name}: {type(enc).__name__} must set an integer `out_dim`")
-    fusion = hydra.utils.instantiate(cfg.fusion, image_dim=image_encoder.out_dim,
-                                     text_dim=text_encoder.out_dim)
+    fusion = _instantiate(cfg.fusion, image_dim=image_encoder.out_dim, text_dim=text_encoder.out_dim)
     channels = info.image_channels
     mean = list(info.image_mean) * (channels // len(info.image_mean))
     std = list(info.image_std) * (channels // len(info.image_std))

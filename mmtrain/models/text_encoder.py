@@ -6,7 +6,17 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from mmtrain.errors import ConfigError
 from mmtrain.models import EncoderOutput
+
+
+def _padding_mask(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """B x T bool, True where a token is real."""
+    return torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+
+
+def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
 
 class _RNNEncoder(nn.Module):
@@ -28,9 +38,8 @@ class _RNNEncoder(nn.Module):
                                       batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         tokens, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
-        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
-        pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        return EncoderOutput(pooled=pooled, tokens=tokens, mask=mask)
+        mask = _padding_mask(ids, lengths)
+        return EncoderOutput(pooled=_masked_mean(tokens, mask), tokens=tokens, mask=mask)
 
 
 class GRUEncoder(_RNNEncoder):
@@ -43,3 +52,51 @@ class LSTMEncoder(_RNNEncoder):
     """A (bi)LSTM over word embeddings; pooled = mean over the real tokens."""
 
     rnn_class = nn.LSTM
+
+
+class TransformerEncoder(nn.Module):
+    """A pre-norm Transformer encoder with learned positions; padding is masked out of attention
+    and of the pooled mean, so a text's output does not depend on how much padding follows it."""
+
+    def __init__(self, vocab_size: int, pad_id: int = 0, dim: int = 128, depth: int = 2,
+                 heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.1,
+                 max_length: int = 256) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"model.text_encoder: dim={dim} must be a multiple of heads={heads}")
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        # Words and positions start at the same scale, so neither drowns the other.
+        nn.init.normal_(self.embed.weight, std=0.02)
+        with torch.no_grad():
+            self.embed.weight[pad_id].zero_()
+        self.pos = nn.Parameter(torch.randn(1, max_length, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, int(dim * mlp_ratio), dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.max_length = max_length
+        self.out_dim = dim
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        if ids.shape[1] > self.max_length:
+            raise ConfigError(f"text of {ids.shape[1]} tokens is longer than model.text_encoder."
+                              f"max_length={self.max_length}: raise it to at least the tokenizer's "
+                              f"max_length")
+        mask = _padding_mask(ids, lengths)
+        x = self.embed(ids) + self.pos[:, : ids.shape[1]]
+        tokens = self.norm(self.layers(x, src_key_padding_mask=~mask))
+        return EncoderOutput(pooled=_masked_mean(tokens, mask), tokens=tokens, mask=mask)
+
+
+class BowEncoder(nn.Module):
+    """Mean of word embeddings (bag of words): the fast baseline, blind to word order."""
+
+    def __init__(self, vocab_size: int, pad_id: int = 0, dim: int = 128) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.out_dim = dim
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        mask = _padding_mask(ids, lengths)
+        tokens = self.embed(ids)
+        return EncoderOutput(pooled=_masked_mean(tokens, mask), tokens=tokens, mask=mask)

@@ -5,7 +5,12 @@ A task is a plain object built from its config (`conf/task/<name>.yaml`):
   with the model;
 - `training_step(model, batch)` returns a dict with a scalar `loss` (and other scalars to log);
 - `evaluate(model, batches)` runs over a whole split and returns metrics as floats;
-- `monitor` / `monitor_mode` name the metric that picks best.pt.
+- `monitor` / `monitor_mode` name the metric that picks best.pt;
+- optionally `write_artifacts(out_dir) -> list[Path]` writes files about the latest `evaluate`
+  (a confusion matrix, example captions): `mmtrain train` calls it after the test split
+  (into `<run dir>/artifacts/`), `mmtrain eval` after its split;
+- optionally `input_modalities` (default image and text): what `mmtrain eval ablate=true`
+  blanks in turn (captioning's text is its target, so it lists only the image).
 """
 
 from __future__ import annotations

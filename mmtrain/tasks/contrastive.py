@@ -1,4 +1,9 @@
-"""CLIP-style contrastive alignment: symmetric InfoNCE with a learnable temperature."""
+"""CLIP-style contrastive alignment: symmetric InfoNCE with a learnable temperature.
+
+Under DDP the loss spans the global batch: features from every rank are gathered (with
+`all_gather_with_grad`, gradients flowing to the local slice) and every rank computes the
+same N x N loss. Retrieval is evaluated the standard way for several captions per image.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtrain.data import DataInfo
+from mmtrain.engine.distributed import all_gather_with_grad, world_size
 
 
 class ContrastiveHead(nn.Module):
@@ -22,6 +28,62 @@ class ContrastiveHead(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
 
+def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over N matched pairs (row i of each is a pair), in fp32 even under
+    autocast: a softmax over N logits in half precision loses the small differences this loss
+    lives on (autocast would run the matmul in bf16/fp16 whatever its inputs' dtype)."""
+    with torch.autocast(image.device.type, enabled=False):
+        logits = scale.float() * image.float() @ text.float().t()      # N x N
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """`x` unchanged in the forward pass; its gradient multiplied by `factor` in the backward."""
+    return x * factor - x.detach() * (factor - 1.0)
+
+
+@torch.no_grad()
+def retrieval_ranks(image: torch.Tensor, text: torch.Tensor, text_image: torch.Tensor,
+                    chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank of the best true match for each image (Ni) and each text (Nt); 0 = ranked first.
+
+    `text_image[j]` is the index of text j's image. An image's true matches are all its texts,
+    so image->text counts how many texts outscore the best of them; text->image counts how many
+    images outscore the text's own. Similarities are computed `chunk_size` rows at a time, so
+    memory holds chunk_size x max(Ni, Nt) scores, never Ni x Nt.
+    """
+    with torch.autocast(image.device.type, enabled=False):  # ranks from fp32 scores: no bf16 ties
+        return _ranks(image.float(), text.float(), text_image, chunk_size)
+
+
+def _ranks(image: torch.Tensor, text: torch.Tensor, text_image: torch.Tensor,
+           chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n_image, n_text = image.shape[0], text.shape[0]
+    t2i = torch.empty(n_text, dtype=torch.long, device=text.device)
+    for s in range(0, n_text, chunk_size):
+        sims = text[s : s + chunk_size] @ image.t()                      # c x Ni
+        own = sims.gather(1, text_image[s : s + chunk_size, None])
+        t2i[s : s + chunk_size] = (sims > own).sum(1)
+    i2t = torch.empty(n_image, dtype=torch.long, device=image.device)
+    for s in range(0, n_image, chunk_size):
+        sims = image[s : s + chunk_size] @ text.t()                      # c x Nt
+        rows = torch.arange(s, s + sims.shape[0], device=image.device)
+        mine = text_image[None, :] == rows[:, None]
+        best = sims.masked_fill(~mine, float("-inf")).amax(1, keepdim=True)
+        i2t[s : s + chunk_size] = (sims > best).sum(1)
+    return i2t, t2i
+
+
+def dedupe_images(image: torch.Tensor, image_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row per distinct `image_id` (its first occurrence) and, for every sample, its row."""
+    unique, text_image = torch.unique(image_id, return_inverse=True)
+    order = torch.arange(image_id.shape[0], device=image_id.device)
+    first = torch.full((unique.shape[0],), image_id.shape[0], dtype=torch.long, device=image_id.device)
+    first.scatter_reduce_(0, text_image, order, reduce="amin")
+    return image[first], text_image
+
+
 class ContrastiveTask:
     """Pull each image towards its own caption and away from the batch's other captions."""
 
@@ -29,12 +91,13 @@ class ContrastiveTask:
 
     def __init__(self, embed_dim: int = 128, init_temperature: float = 0.07,
                  max_logit_scale: float = 100.0, recall_at: tuple[int, ...] = (1, 5, 10),
-                 name: str = "contrastive") -> None:
+                 eval_chunk_size: int = 1024, name: str = "contrastive") -> None:
         self.embed_dim = embed_dim
         self.init_temperature = init_temperature
         # Clamped as in CLIP: an unbounded scale makes the loss spike in half precision.
         self.max_log_scale = math.log(max_logit_scale)
         self.recall_at = tuple(recall_at)
+        self.eval_chunk_size = eval_chunk_size
         self.name = name
         self.monitor = "recall_mean"
 
@@ -54,37 +117,45 @@ class ContrastiveTask:
 
     def training_step(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         image, text = self.embed(model, batch)
+        n_ranks = world_size()
+        if n_ranks > 1:
+            # Every rank computes the same global-batch loss but back-propagates only into its
+            # own features; DDP then averages, which would leave the encoders 1/n_ranks of the
+            # gradient (the temperature, seen whole on every rank, gets all of it). Scaling
+            # the local features' gradient by n_ranks makes both equal to a 1-process run.
+            image, text = _scale_grad(image, n_ranks), _scale_grad(text, n_ranks)
         scale = self.logit_scale(model)
-        # Computed in fp32 (embeddings are cast above): softmax over B logits in half
-        # precision loses the small differences this loss lives on.
-        logits = scale * image @ text.t()                       # B x B
-        target = torch.arange(logits.shape[0], device=logits.device)
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        loss = clip_loss(all_gather_with_grad(image), all_gather_with_grad(text), scale)
         return {"loss": loss, "logit_scale": scale.detach()}
 
     @torch.no_grad()
     def evaluate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        images, texts = [], []
+        """Recall@K both ways and their mean. With `image_id` in the batches (several captions
+        per image, one sample per caption) images are deduplicated by id; the loss is the
+        training loss averaged over evaluation batches."""
+        images, texts, ids, loss, count = [], [], [], 0.0, 0
+        scale = self.logit_scale(model)
         for batch in batches:
             image, text = self.embed(model, batch)
+            loss = loss + clip_loss(image, text, scale) * image.shape[0]
+            count += image.shape[0]
             images.append(image)
             texts.append(text)
+            if "image_id" in batch:
+                ids.append(batch["image_id"])
         image, text = torch.cat(images), torch.cat(texts)
-        scale = self.logit_scale(model)
-        logits = scale * image @ text.t()                        # N x N, N = split size
-        target = torch.arange(logits.shape[0], device=logits.device)
-        metrics = {"loss": float(0.5 * (F.cross_entropy(logits, target)
-                                        + F.cross_entropy(logits.t(), target)))}
-        # Rank of the true partner in each row: how many candidates score strictly higher.
-        true = logits.diagonal()
-        i2t_rank = (logits > true[:, None]).sum(1)
-        t2i_rank = (logits.t() > true[:, None]).sum(1)
+        if ids:
+            image, text_image = dedupe_images(image, torch.cat(ids))
+        else:
+            text_image = torch.arange(text.shape[0], device=text.device)
+        i2t, t2i = retrieval_ranks(image, text, text_image, self.eval_chunk_size)
+        metrics = {"loss": float(loss / count)}
         recalls = []
         for k in self.recall_at:
-            if k > logits.shape[0]:
-                continue
-            metrics[f"i2t_r{k}"] = float((i2t_rank < k).float().mean())
-            metrics[f"t2i_r{k}"] = float((t2i_rank < k).float().mean())
+            if k > image.shape[0]:
+                continue  # every image would be found: no information
+            metrics[f"i2t_r{k}"] = float((i2t < k).float().mean())
+            metrics[f"t2i_r{k}"] = float((t2i < k).float().mean())
             recalls += [metrics[f"i2t_r{k}"], metrics[f"t2i_r{k}"]]
         metrics["recall_mean"] = sum(recalls) / max(1, len(recalls))
         metrics["temperature"] = float(1.0 / scale)

@@ -1,0 +1,213 @@
+"""Image captioning: a Transformer decoder over the image encoder's tokens.
+
+Trained with teacher forcing ([BOS] + caption -> caption + [EOS]); evaluated by decoding
+(greedy, or beam search with `beam_size` > 1) and scoring BLEU-4 and CIDEr-D against every
+reference caption of an image (batches with `image_id` group COCO's five per image).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmtrain.data import DataInfo
+from mmtrain.data.tokenizer import BOS, EOS, SPECIALS
+from mmtrain.errors import ConfigError
+from mmtrain.tasks._caption_metrics import bleu4, caption_words, cider_d
+
+
+class CaptionDecoder(nn.Module):
+    """Caption ids B x T attend causally to themselves and fully to the image memory -> logits B x T x V."""
+
+    def __init__(self, vocab_size: int, image_dim: int, max_length: int, pad_id: int = 0,
+                 dim: int = 256, depth: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        # Tied with the output layer below: unit-variance logits at init need std dim^-1/2.
+        nn.init.normal_(self.embed.weight, std=dim**-0.5)
+        with torch.no_grad():
+            self.embed.weight[pad_id].zero_()
+        self.pos = nn.Parameter(torch.randn(1, max_length, dim) * 0.02)
+        self.memory_proj = nn.Linear(image_dim, dim)
+        layer = nn.TransformerDecoderLayer(dim, heads, int(dim * mlp_ratio), dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerDecoder(layer, depth)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, vocab_size, bias=False)
+        self.out.weight = self.embed.weight  # tied: fewer parameters, better rare-word estimates
+
+    def memory(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        return self.memory_proj(image_tokens)                            # B x N x dim
+
+    def forward(self, ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        t = ids.shape[1]
+        causal = nn.Transformer.generate_square_subsequent_mask(t, device=ids.device)
+        x = self.embed(ids) + self.pos[:, :t]
+        return self.out(self.norm(self.layers(x, memory, tgt_mask=causal, tgt_is_causal=True)))
+
+
+@torch.no_grad()
+def beam_search(step: Callable[[torch.Tensor], torch.Tensor], batch_size: int, bos_id: int, eos_id: int,
+                max_length: int, beam_size: int = 1, device: torch.device | str = "cpu") -> list[list[int]]:
+    """The highest log-probability sequence per sample among `beam_size` beams (1: greedy).
+
+    `step(prefixes)` maps (batch_size * beam_size) x t prefixes (sample-major, starting with
+    bos) to next-token log-probabilities of the same rows x V. Returns ids without bos/eos.
+    """
+    k = beam_size
+    seqs = torch.full((batch_size * k, 1), bos_id, dtype=torch.long, device=device)
+    scores = torch.zeros(batch_size, k, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: keep one until they diverge
+    finished = torch.zeros(batch_size * k, dtype=torch.bool, device=device)
+    for _ in range(max_length):
+        logp = step(seqs).float()                                        # Bk x V
+        vocab = logp.shape[-1]
+        # A finished beam can only be extended by eos, at no cost, so it keeps its score.
+        done_row = torch.full((vocab,), float("-inf"), device=device)
+        done_row[eos_id] = 0.0
+        logp = torch.where(finished[:, None], done_row, logp)
+        top, index = (scores.view(-1, 1) + logp).view(batch_size, k * vocab).topk(k, dim=1)
+        rows = (torch.arange(batch_size, device=device)[:, None] * k + index // vocab).view(-1)
+        token = (index % vocab).view(-1, 1)
+        seqs = torch.cat([seqs[rows], token], dim=1)
+        finished = finished[rows] | (token.view(-1) == eos_id)
+        scores = top
+        if bool(finished.all()):
+            break
+    best = seqs.view(batch_size, k, -1)[torch.arange(batch_size, device=device), scores.argmax(1)]
+    out = []
+    for row in best[:, 1:].tolist():
+        out.append(row[: row.index(eos_id)] if eos_id in row else row)
+    return out
+
+
+class CaptioningTask:
+    """Teacher-forced cross-entropy; BLEU-4 and CIDEr-D of decoded captions."""
+
+    monitor = "cider_d"
+    monitor_mode = "max"
+    input_modalities = ("image",)
+    """The text is the target, so `mmtrain eval ablate=true` blanks only the image."""
+
+    def __init__(self, dim: int = 256, depth: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
+                 dropout: float = 0.1, label_smoothing: float = 0.0, beam_size: int = 3,
+                 max_length: int = 64, max_decode_length: int | None = None, num_examples: int = 20,
+                 name: str = "captioning") -> None:
+        self.decoder_options = dict(dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.label_smoothing = label_smoothing
+        self.beam_size = beam_size
+        self.max_length = max_length
+        """Decoder positions: [BOS] plus the longest caption it trains on or generates."""
+        self.max_decode_length = max_decode_length
+        self.num_examples = num_examples
+        self.name = name
+        self.examples: list[dict[str, Any]] = []
+        """(generated, references) of the first few items of the latest `evaluate`."""
+
+    def attach(self, model: Any, info: DataInfo) -> None:
+        dim, heads = self.decoder_options["dim"], self.decoder_options["heads"]
+        if dim % heads:
+            raise ConfigError(f"{self.name} task: dim={dim} must be a multiple of heads={heads}")
+        if self.beam_size < 1:
+            raise ConfigError(f"{self.name} task: beam_size={self.beam_size} must be >= 1 (1 = greedy)")
+        tok = info.tokenizer
+        if tok is not None and tok.max_length + 1 > self.max_length:
+            raise ConfigError(f"{self.name} task: max_length={self.max_length} cannot hold [BOS] + the data's "
+                              f"captions of up to {tok.max_length} tokens: set it to {tok.max_length + 1} or more")
+        # No caption needs to be longer than the longest the data's tokenizer keeps.
+        self.decode_length = self.max_decode_length or (tok.max_length if tok is not None else self.max_length - 1)
+        if self.decode_length > self.max_length - 1:
+            raise ConfigError(f"{self.name} task: max_decode_length={self.decode_length} needs "
+                              f"max_length >= {self.decode_length + 1} (it is {self.max_length})")
+        self.tokenizer = tok
+        self.pad_id = info.pad_id
+        # Without a tokenizer (model building only) the ids are the fixed special-token ids.
+        self.bos_id = tok.bos_id if tok is not None else SPECIALS.index(BOS)
+        self.eos_id = tok.eos_id if tok is not None else SPECIALS.index(EOS)
+        model.heads[self.name] = CaptionDecoder(info.vocab_size, model.image_encoder.out_dim, self.max_length,
+                                                pad_id=info.pad_id, **self.decoder_options)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if self.tokenizer is not None else " ".join(map(str, ids))
+
+    def training_step(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        decoder = model.heads[self.name]
+        memory = decoder.memory(model.encode_image(batch["image"]).tokens)
+        inputs, target = self._teacher_forcing(batch["text"], batch["text_lengths"])
+        logits = decoder(inputs, memory)                                  # B x (T+1) x V
+        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=self.pad_id,
+                               label_smoothing=self.label_smoothing)
+        return {"loss": loss}
+
+    def _teacher_forcing(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids B x T -> inputs [BOS] ids, targets ids [EOS] (pads after it), both B x (T+1)."""
+        b = ids.shape[0]
+        inputs = torch.cat([ids.new_full((b, 1), self.bos_id), ids], dim=1)
+        target = torch.cat([ids, ids.new_full((b, 1), self.pad_id)], dim=1)
+        target[torch.arange(b, device=ids.device), lengths] = self.eos_id
+        return inputs, target
+
+    def generate(self, model: Any, images: torch.Tensor, beam_size: int | None = None) -> list[list[int]]:
+        """Caption ids for uint8 images B x C x H x W (beam_size 1: greedy)."""
+        k = beam_size or self.beam_size
+        decoder = model.heads[self.name]
+        memory = decoder.memory(model.encode_image(images).tokens).repeat_interleave(k, dim=0)
+
+        def step(prefix: torch.Tensor) -> torch.Tensor:
+            return F.log_softmax(decoder(prefix, memory)[:, -1].float(), dim=-1)
+
+        return beam_search(step, images.shape[0], self.bos_id, self.eos_id, self.decode_length, k,
+                           device=images.device)
+
+    @torch.no_grad()
+    def evaluate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Token-level loss; BLEU-4 and CIDEr-D with one generated caption per distinct image."""
+        decoder = model.heads[self.name]
+        loss, tokens = 0.0, 0
+        generated: dict[int, list[str]] = {}        # image key -> words
+        references: dict[int, list[list[str]]] = {}
+        text_of: dict[int, str] = {}
+        offset = 0
+        for batch in batches:
+            ids, lengths = batch["text"], batch["text_lengths"]
+            inputs, target = self._teacher_forcing(ids, lengths)
+            logits = decoder(inputs, decoder.memory(model.encode_image(batch["image"]).tokens))
+            loss = loss + F.cross_entropy(logits.float().flatten(0, 1), target.flatten(),
+                                          ignore_index=self.pad_id, reduction="sum")
+            tokens += int((target != self.pad_id).sum())
+            keys = batch["image_id"].tolist() if "image_id" in batch else \
+                list(range(offset, offset + ids.shape[0]))
+            offset += ids.shape[0]
+            for key, row, n in zip(keys, ids.tolist(), lengths.tolist()):
+                references.setdefault(key, []).append(caption_words(self.decode(row[:n])))
+            new, seen = [], set(generated)
+            for i, key in enumerate(keys):  # decode each image once, however many captions it has
+                if key not in seen:
+                    seen.add(key)
+                    new.append(i)
+            if new:
+                index = torch.tensor(new, device=batch["image"].device)
+                for i, out in zip(new, self.generate(model, batch["image"].index_select(0, index))):
+                    text_of[keys[i]] = self.decode(out)
+                    generated[keys[i]] = caption_words(text_of[keys[i]])
+        order = list(generated)
+        cands, refs = [generated[k] for k in order], [references[k] for k in order]
+        cider, _ = cider_d(cands, refs)
+        self.examples = [{"image": k, "generated": text_of[k], "references": [" ".join(r) for r in references[k]]}
+                         for k in order[: self.num_examples]]
+        return {"loss": float(loss / max(1, tokens)), "bleu4": bleu4(cands, refs), "cider_d": cider}
+
+    def write_artifacts(self, out_dir: Path) -> list[Path]:
+        """Example captions of the latest evaluation, generated next to their references."""
+        if not self.examples:
+            return []
+        path = Path(out_dir) / f"{self.name}_examples.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.examples, indent=2) + "\n", encoding="utf-8")
+        return [path]

@@ -1,0 +1,134 @@
+"""Captioning: CIDEr-D and BLEU-4 against known values, beam search against greedy on a
+distribution where they differ, teacher forcing that lines up, and COCO-style grouping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmtrain.tasks._caption_metrics import bleu4, caption_words, cider_d
+from mmtrain.tasks.captioning import beam_search
+from tests.zoo import build, compose_config, fixed_batch, one_thread, overfit
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
+
+def words(*texts: str) -> list[list[str]]:
+    return [t.split() for t in texts]
+
+
+def test_cider_d_of_exact_matches_is_five_per_item():
+    # By hand: every n-gram has df 1 in a 2-image corpus, so idf = log 2 for all; unigram and
+    # bigram cosines are 1, there are no 3- or 4-grams: mean over orders 0.5, x10 = 5.
+    score, per_item = cider_d(words("a b", "c d"), [words("a b"), words("c d")])
+    assert per_item == pytest.approx([5.0, 5.0]) and score == pytest.approx(5.0)
+
+
+def test_cider_d_clips_repeated_words_and_penalises_length_as_computed_by_hand():
+    # Candidate "a a b" vs reference "a b" (idf log 2 =: L everywhere):
+    # unigrams (2L, L) . clipped min(2L, L) L + L L = 2L^2 over |(2L, L)| |(L, L)| = 2/sqrt(10);
+    # bigrams {aa, ab} vs {ab}: L^2 / (sqrt(2) L . L) = 1/sqrt(2); no shared 3-grams.
+    # Length 3 vs 2: Gaussian penalty exp(-1 / (2 . 6^2)).
+    expected = 10 * (2 / math.sqrt(10) + 1 / math.sqrt(2)) / 4 * math.exp(-1 / 72)
+    _, per_item = cider_d(words("a a b", "c d"), [words("a b"), words("c d")])
+    assert per_item[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_cider_d_matches_coco_caption_reference_values():
+    # Reference values from coco-caption's CiderD (pycocoevalcap 1.2, cider/cider_scorer.py) on
+    # this corpus.
+    refs = [words("a man riding a horse on a beach", "a person rides a horse near the ocean"),
+            words("two dogs play in the snow", "a pair of dogs playing in snow"),
+            words("a plate of food with broccoli", "broccoli and rice on a white plate",
+                  "a white plate with food")]
+    cands = words("a man riding a horse", "two dogs playing in the snow", "a plate with broccoli and rice")
+    score, per_item = cider_d(cands, refs)
+    assert per_item == pytest.approx([3.797302764775909, 3.75497600753239, 2.5911860371840083], rel=1e-9)
+    assert score == pytest.approx(3.381154936497436, rel=1e-9)
+
+
+def test_bleu4_matches_hand_computation():
+    # Precisions 5/6, 3/5, 2/4, 1/3 (equal lengths: no brevity penalty) -> geometric mean.
+    value = bleu4(words("the cat sat on the mat"), [words("the cat sat on a mat")])
+    assert value == pytest.approx((5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, rel=1e-6)
+    assert bleu4(words("the cat sat on the mat"), [words("a dog", "the cat sat on the mat")]) == 1.0
+
+
+def test_caption_words_drop_coco_punctuation_and_case():
+    assert caption_words("A dog , running . On the Beach !") == ["a", "dog", "running", "on", "the", "beach"]
+
+
+BOS, EOS, X, Y = 2, 3, 4, 5
+
+
+def toy_step(prefix: torch.Tensor) -> torch.Tensor:
+    """P(x)=.6, P(y)=.4 first; after x: P(eos)=.4 (x y .3 each); after y: P(eos)=.9.
+    Greedy takes x then eos (p=.24); the best sequence is y eos (p=.36)."""
+    rows = []
+    for row in prefix.tolist():
+        p = torch.full((6,), 1e-9)
+        last = row[-1]
+        if last == BOS:
+            p[X], p[Y] = 0.6, 0.4
+        elif last == X:
+            p[EOS], p[X], p[Y] = 0.4, 0.3, 0.3
+        elif last == Y:
+            p[EOS], p[X], p[Y] = 0.9, 0.05, 0.05
+        else:
+            p[EOS] = 1.0
+        rows.append(p.log())
+    return torch.stack(rows)
+
+
+def test_beam_search_finds_the_likelier_caption_that_greedy_misses():
+    assert beam_search(toy_step, 2, BOS, EOS, max_length=5, beam_size=1) == [[X], [X]]
+    assert beam_search(toy_step, 2, BOS, EOS, max_length=5, beam_size=2) == [[Y], [Y]]
+
+
+def test_decoding_stops_at_max_length_without_eos():
+    always_x = lambda prefix: torch.log(torch.tensor([1e-9, 1e-9, 1e-9, 1e-9, 1.0, 1e-9])).expand(
+        prefix.shape[0], -1)
+    assert beam_search(always_x, 1, BOS, EOS, max_length=4, beam_size=3) == [[X] * 4]
+
+
+def test_teacher_forcing_shifts_the_caption_and_ends_it_with_eos():
+    model, task, data = build(compose_config(task="captioning"))
+    ids = torch.tensor([[7, 8, 9], [7, 0, 0]])
+    inputs, target = task._teacher_forcing(ids, torch.tensor([3, 1]))
+    assert inputs.tolist() == [[task.bos_id, 7, 8, 9], [task.bos_id, 7, 0, 0]]
+    assert target.tolist() == [[7, 8, 9, task.eos_id], [7, task.eos_id, 0, 0]]
+
+
+def test_a_decoder_that_memorised_its_captions_scores_bleu_one_greedy_and_with_beams():
+    model, task, data = build(compose_config(task="captioning"))
+    batch = fixed_batch(data, 8)
+    overfit(model, task, batch, steps=400, target=0.01)
+    model.eval()
+    for beam in (1, 3):
+        task.beam_size = beam
+        metrics = task.evaluate(model, [batch])
+        assert metrics["bleu4"] == pytest.approx(1.0), task.examples[:2]
+        assert metrics["cider_d"] > 5.0
+
+
+def test_several_captions_per_image_are_decoded_once_and_scored_together(tmp_path, monkeypatch):
+    model, task, data = build(compose_config(task="captioning"))
+    batch = fixed_batch(data, 8)
+    batch["image"] = batch["image"][[0, 0, 2, 2, 4, 4, 6, 6]]     # 4 images, 2 captions each
+    batch["image_id"] = torch.tensor([10, 10, 11, 11, 12, 12, 13, 13])
+    decoded = []
+    generate = task.generate
+    monkeypatch.setattr(task, "generate", lambda m, images: decoded.append(len(images)) or generate(m, images))
+    model.eval()
+    metrics = task.evaluate(model, [{k: v[:3] for k, v in batch.items()}, {k: v[3:] for k, v in batch.items()}])
+    assert sum(decoded) == 4
+    assert [len(e["references"]) for e in task.examples] == [2, 2, 2, 2]
+    assert set(metrics) == {"loss", "bleu4", "cider_d"}
+    (path,) = task.write_artifacts(tmp_path)
+    assert '"references"' in path.read_text()

@@ -1,0 +1,117 @@
+"""Helpers for the model-zoo tests: compose the repo's configs, build tiny models, overfit a batch."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import hydra.utils
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mmtrain import data as data_lib
+from mmtrain.config import check_train_config, register_schemas
+from mmtrain.data.batch import collate
+from mmtrain.models.model import build_model
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+# Tiny widths for every choice, so a CPU test builds and trains them in well under a second.
+TINY = {
+    "model/image_encoder": {
+        "cnn": ["width=8", "depth=2", "dim=32"],
+        "resnet18": ["dim=32"],
+        "resnet34": ["dim=32"],
+        "resnet50": ["dim=32"],
+        "vit_tiny": ["dim=32", "depth=2", "heads=2"],
+        "vit_b_16": [],
+    },
+    "model/text_encoder": {
+        "bow": ["dim=32"],
+        "gru": ["embed_dim=16", "hidden_dim=16"],
+        "lstm": ["embed_dim=16", "hidden_dim=16"],
+        "transformer": ["dim=32", "depth=1", "heads=2", "dropout=0.0"],
+    },
+    "model/fusion": {
+        "concat": ["dim=32", "dropout=0.0"], "sum": ["dim=32", "dropout=0.0"],
+        "product": ["dim=32", "dropout=0.0"], "gated": ["dim=32", "dropout=0.0"],
+        "film": ["dim=32", "dropout=0.0"], "attention": ["dim=32", "heads=2", "dropout=0.0"],
+        "bilinear": ["dim=32", "rank=32", "dropout=0.0"], "late": ["dim=32", "dropout=0.0"],
+    },
+    "task": {
+        "classification": ["hidden_dim=32", "dropout=0.0"],
+        "contrastive": ["embed_dim=32"],
+        "captioning": ["dim=32", "depth=1", "heads=2", "dropout=0.0", "beam_size=2"],
+    },
+}
+
+
+def choices(group: str) -> list[str]:
+    """Every choice of a config group, read from conf/ (so a new YAML is tested automatically)."""
+    return sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
+
+
+def compose_config(image: str = "cnn", text: str = "bow", fusion: str = "concat", task: str = "classification",
+                   image_size: int = 16, extra: list[str] | None = None) -> DictConfig:
+    """The repo's train config with these choices at tiny widths, one stage of `task`."""
+    register_schemas()
+    overrides = [f"model/image_encoder={image}", f"model/text_encoder={text}", f"model/fusion={fusion}",
+                 f"task@stages.pretrain.task={task}", "~stages.finetune",
+                 "data.n_train=64", "data.n_val=32", "data.n_test=32", f"data.image_size={image_size}",
+                 "data.tokenizer_options.max_length=24"]
+    overrides += [f"model.image_encoder.{o}" for o in TINY["model/image_encoder"].get(image, [])]
+    overrides += [f"model.text_encoder.{o}" for o in TINY["model/text_encoder"].get(text, [])]
+    overrides += [f"model.fusion.{o}" for o in TINY["model/fusion"].get(fusion, [])]
+    overrides += [f"stages.pretrain.task.{o}" for o in TINY["task"].get(task, [])]
+    overrides += extra or []
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    check_train_config(cfg)
+    return cfg
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny models run faster on one thread: syncing two costs more than it saves, and on a
+    shared 2-core CI machine spinning OpenMP threads make a test 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def build(cfg: DictConfig) -> tuple[Any, Any, data_lib.DataBundle]:
+    """-> (model, its one task attached, data), initialised from a fixed seed."""
+    torch.manual_seed(0)
+    data = data_lib.build(cfg.data)
+    model = build_model(cfg.model, data.info)
+    task = hydra.utils.instantiate(cfg.stages.pretrain.task, _convert_="all")
+    task.attach(model, data.info)
+    return model, task, data
+
+
+def fixed_batch(data: data_lib.DataBundle, n: int = 16) -> dict[str, torch.Tensor]:
+    return collate(data.train.__getitems__(list(range(n))))
+
+
+def overfit(model: Any, task: Any, batch: dict[str, torch.Tensor], steps: int, lr: float = 3e-3,
+            target: float = 0.1) -> tuple[float, float, int]:
+    """Train on one batch until the loss is `target` x the first one -> (first, last, steps taken)."""
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    first = last = None
+    for step in range(1, steps + 1):
+        loss = task.training_step(model, batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        last = float(loss.detach())
+        first = last if first is None else first
+        if last <= target * first:
+            return first, last, step
+    return first, last, steps
