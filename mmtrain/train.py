@@ -31,13 +31,17 @@ def config_dir() -> str:
 
 
 def main() -> None:
+    register_schemas()
+    app = hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(run)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        app()  # a single process: torch waits until the config is known to be good
+        return
     from mmtrain.engine import distributed
 
-    register_schemas()
     # Under torchrun: join the ranks before Hydra picks the run dir, so they pick one.
     distributed.init_from_env()
     try:
-        hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(run)()
+        app()
     finally:
         distributed.shutdown()
 

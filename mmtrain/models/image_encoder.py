@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.models import EncoderOutput
@@ -99,6 +97,8 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         if arch not in self.ARCHS:
             raise ConfigError(f"model.image_encoder.arch={arch!r}: choose one of {', '.join(self.ARCHS)}")
+        import torchvision  # imported here: ~1 s of start-up that a cnn run does not need
+
         net = getattr(torchvision.models, arch)(weights=None)
         if pretrained:
             load_fitting(net, load_weights_file(pretrained, "model.image_encoder"),
@@ -137,6 +137,8 @@ class ViTEncoder(nn.Module):
                               f"{next(p for p in (16, 14, 8, 7, 4, 2, 1) if image_size % p == 0)})")
         if dim % heads:
             raise ConfigError(f"model.image_encoder: dim={dim} must be a multiple of heads={heads}")
+        from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
+
         self.vit = VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=depth,
                                      num_heads=heads, hidden_dim=dim, mlp_dim=int(dim * mlp_ratio),
                                      dropout=dropout)

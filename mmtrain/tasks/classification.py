@@ -8,8 +8,6 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_confusion_matrix,
-                                                    multiclass_f1_score)
 
 from mmtrain.data import DataInfo
 from mmtrain.errors import ConfigError
@@ -112,6 +110,11 @@ With `model/fusion=late` each modality gets its own head and the logits are aver
 
     @torch.no_grad()
     def evaluate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        # Imported here: torchmetrics (and the torchvision it pulls in) cost ~1 s of start-up.
+        from torchmetrics.functional.classification import (multiclass_accuracy,
+                                                            multiclass_confusion_matrix,
+                                                            multiclass_f1_score)
+
         all_logits, targets = [], []
         for batch in batches:
             all_logits.append(self.logits(model, batch).float())

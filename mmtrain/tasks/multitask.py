@@ -12,7 +12,6 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import multiclass_accuracy
 
 from mmtrain.data import DataInfo
 from mmtrain.errors import ConfigError
@@ -75,6 +74,8 @@ class MultitaskTask:
 
     @torch.no_grad()
     def evaluate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        from torchmetrics.functional.classification import multiclass_accuracy  # ~1 s to import
+
         logits: dict[str, list[torch.Tensor]] = {m: [] for m in self.labels}
         targets: dict[str, list[torch.Tensor]] = {m: [] for m in self.labels}
         for batch in batches:
