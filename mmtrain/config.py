@@ -13,10 +13,12 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+import hydra.utils
 from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from mmtrain.errors import ConfigError
+from mmtrain.errors import ConfigError, MmtrainError
 
 PRECISIONS = ("auto", "32", "bf16-mixed", "fp16-mixed")
 CONTRASTIVE_ACCUMULATION = ("plain", "cache")
@@ -126,8 +128,9 @@ class EvalConfig:
     batch_size: int = 256
     num_workers: int = 0
     limit_eval_batches: Optional[int] = None
-    data: Dict[str, Any] = field(default_factory=dict)
-    """Overrides merged into the checkpoint's data config (e.g. data.root=DIR)."""
+    data: Dict[str, Any] = field(default_factory=lambda: {"root": None})
+    """Overrides merged into the checkpoint's data config: data.root=DIR for a dataset that
+    moved; any other key with a leading + (e.g. +data.image_size=64). Null values are ignored."""
     out: Optional[str] = None
     """Where metrics are written; default: next to the checkpoint's run dir."""
     ablate: bool = False
@@ -211,3 +214,15 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.trainer.max_nonfinite_steps < 1:
         raise ConfigError("trainer.max_nonfinite_steps must be >= 1")
     check_targets(cfg)
+
+
+def instantiate(cfg: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but an mmtrain error raised inside the target reaches the user
+    as itself (one line naming the fix) rather than wrapped in Hydra's InstantiationException."""
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        if not isinstance(e.__cause__, MmtrainError):
+            raise
+        error = e.__cause__
+    raise error  # outside the except block, so it carries no wrapper as its context

@@ -29,8 +29,11 @@ def resolve_checkpoint(ckpt: str | None, run_dir: str | None) -> Path:
     config = root / ".hydra" / "config.yaml"
     if not root.is_dir():
         raise CheckpointError(f"run dir not found: {root}")
-    names = list(OmegaConf.load(config).stages) if config.is_file() else \
-        sorted(p.name for p in (root / "checkpoints").glob("*") if p.is_dir())
+    if config.is_file():
+        names = [str(n) for n in OmegaConf.load(config).stages]
+    else:  # a run made through the Python API: a later stage always wrote its best.pt later
+        bests = sorted((root / "checkpoints").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+        names = [p.parent.name for p in bests]
     for name in reversed(names):
         best = root / "checkpoints" / str(name) / "best.pt"
         if best.is_file():
@@ -55,6 +58,7 @@ def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto"
 
     ckpt = load_checkpoint(path)
     cfg = OmegaConf.create(ckpt["config"])
+    data_overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}
     if data_overrides:
         cfg.data = OmegaConf.merge(cfg.data, data_overrides)
     dev = resolve_device(device)

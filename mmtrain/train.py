@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mmtrain.config import check_train_config, register_schemas
+from mmtrain.config import check_train_config, instantiate, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("mmtrain")
@@ -118,7 +118,7 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
 
     stages, by_name = [], {}
     for name, stage_cfg in cfg.stages.items():
-        task = hydra.utils.instantiate(stage_cfg.task, _convert_="all")
+        task = instantiate(stage_cfg.task, _convert_="all")
         if task.name in by_name:
             earlier_cfg, earlier_task = by_name[task.name]
             if earlier_cfg != stage_cfg.task:

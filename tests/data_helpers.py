@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 
-from mmtrain.config import register_schemas
 from mmtrain.data import fixtures
-from mmtrain.train import config_dir
+from tests.conftest import compose_train, run_cli  # noqa: F401 (re-exported)
 
 TINY_MODEL = [
     "model.image_encoder.width=8", "model.image_encoder.dim=32",
     "model.text_encoder.embed_dim=16", "model.text_encoder.hidden_dim=32",
     "model.fusion.dim=32", "trainer.progress=false", "logger.tensorboard=false",
 ]
-
-
-def compose_train(overrides: list[str]) -> DictConfig:
-    register_schemas()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def mnist_imdb_fixture(root: Path, n_train: int = 600, n_test: int = 200, n_reviews: int = 120) -> Path:
@@ -55,8 +41,5 @@ def one_thread():
 
 def run_mmtrain(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 240
                 ) -> subprocess.CompletedProcess:
-    exe = shutil.which("mmtrain", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, "-m", "mmtrain"]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(cmd + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    """The installed command with one OpenMP thread (tiny models; see one_thread)."""
+    return run_cli(args, cwd, timeout=timeout, env={"OMP_NUM_THREADS": "1", **(env or {})})

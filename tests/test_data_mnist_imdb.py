@@ -13,7 +13,7 @@ import torch
 from mmtrain.data import imdb as imdb_lib
 from mmtrain.data.mnist_imdb import build_mnist_imdb, load_mnist
 from mmtrain.errors import ConfigError, DataError
-from tests.data_helpers import TINY_MODEL, compose_train, mnist_imdb_fixture, one_thread  # noqa: F401 (fixture)
+from tests.data_helpers import run_mmtrain, TINY_MODEL, compose_train, mnist_imdb_fixture, one_thread  # noqa: F401 (fixture)
 
 TOK = {"kind": "word", "vocab_size": 200, "max_length": 48}
 
@@ -156,3 +156,25 @@ def test_mnist_imdb_experiment_pretrains_each_encoder_then_learns_the_joint_targ
     assert pre["text_accuracy"] > 0.9 and pre["image_accuracy"] > 0.7, pre   # chance: 0.5 and 0.1
     assert summary["test"]["accuracy"] > 0.5, summary["test"]                # chance: 0.05 (20 classes)
     assert json.loads((tmp_path / "run/metrics.json").read_text())["test"] == summary["test"]
+
+
+def test_eval_finds_a_moved_dataset_with_data_root_and_says_how_to_get_a_missing_one(tmp_path, one_thread):
+    from mmtrain.train import train
+
+    old_root = mnist_imdb_fixture(tmp_path / "old", n_train=200, n_test=100, n_reviews=60)
+    run_dir = tmp_path / "run"
+    summary = train(compose_train(["+experiment=mnist_imdb", f"data.root={old_root}",
+                                   "stages.pretrain.epochs=1", "stages.finetune.epochs=1", *TINY_MODEL]),
+                    run_dir)
+    new_root = old_root.rename(tmp_path / "new")
+
+    out = run_mmtrain(["eval", f"run={run_dir}"], tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"mmtrain: error: IMDB not found: {old_root}/aclImdb is missing: run `mmtrain data download "
+        f"mnist_imdb --root {old_root}` or pass data.download=true"]
+
+    out = run_mmtrain(["eval", f"run={run_dir}", f"data.root={new_root}"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((run_dir / "eval" / "finetune_best_test.json").read_text())
+    assert result["metrics"] == pytest.approx(summary["test"], abs=1e-6)

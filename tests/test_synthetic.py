@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from mmtrain.data.batch import collate
 from mmtrain.data.loader import make_loader

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import hydra.utils
 from torch.utils.data import Dataset
 
+from mmtrain.config import instantiate
 from mmtrain.data.tokenizer import TextTokenizer
 
 
@@ -57,4 +57,4 @@ class DataBundle:
 
 def build(cfg: Any, tokenizer: TextTokenizer | None = None) -> DataBundle:
     """Build the dataset family named by `cfg._target_`; pass `tokenizer` to reuse a fitted one."""
-    return hydra.utils.instantiate(cfg, tokenizer=tokenizer, _convert_="all")
+    return instantiate(cfg, tokenizer=tokenizer, _convert_="all")

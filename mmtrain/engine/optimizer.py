@@ -10,6 +10,7 @@ import hydra.utils
 import torch
 from torch import nn
 
+from mmtrain.config import instantiate
 from mmtrain.errors import ConfigError
 
 
@@ -51,5 +52,5 @@ def build_optimizer(cfg: Any, model: nn.Module, lr: float | None = None,
         target = hydra.utils.get_method(cfg._target_)
         if "fused" in inspect.signature(target).parameters:
             extra["fused"] = True
-    optimizer = hydra.utils.instantiate(cfg, lr=base_lr, _convert_="all", **extra)
+    optimizer = instantiate(cfg, lr=base_lr, _convert_="all", **extra)
     return optimizer(groups)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import hydra.utils
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from mmtrain.config import instantiate
 from mmtrain.data import DataBundle
 from mmtrain.data.loader import make_loader, to_device
 from mmtrain.engine import distributed as dist
@@ -159,7 +159,7 @@ class Trainer:
         if self.cfg.limit_train_batches is not None:
             batches = min(batches, self.cfg.limit_train_batches)
         steps_per_epoch = max(1, batches // accumulate)
-        scheduler = hydra.utils.instantiate(self.scheduler_cfg)(optimizer,
+        scheduler = instantiate(self.scheduler_cfg)(optimizer,
                                                                 total_steps=steps_per_epoch * stage.epochs)
         scaler = grad_scaler(self.device, self.precision)
         best = {"metric": stage.monitor, "mode": stage.monitor_mode, "value": None, "epoch": None,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import hydra.utils
 import torch
-from hydra.errors import InstantiationException
 from torch import nn
 
+from mmtrain.config import instantiate
 from mmtrain.data import DataInfo
 from mmtrain.errors import ConfigError, MmtrainError
 from mmtrain.models import EncoderOutput
@@ -100,27 +99,15 @@ def drop_modalities(batch: dict[str, torch.Tensor], p: float) -> dict[str, torch
     return out
 
 
-def _instantiate(cfg: Any, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, but an mmtrain error raised inside the target reaches the user
-    as itself (one line naming the fix) rather than wrapped in Hydra's InstantiationException."""
-    try:
-        return hydra.utils.instantiate(cfg, **kwargs)
-    except InstantiationException as e:
-        if not isinstance(e.__cause__, MmtrainError):
-            raise
-        error = e.__cause__
-    raise error  # outside the except block, so it carries no wrapper as its context
-
-
 def build_model(cfg: Any, info: DataInfo) -> MultimodalModel:
     """Instantiate the encoders from their configs, then a fusion that fits their widths."""
-    image_encoder = _instantiate(cfg.image_encoder, in_channels=info.image_channels,
+    image_encoder = instantiate(cfg.image_encoder, in_channels=info.image_channels,
                                  image_size=info.image_size)
-    text_encoder = _instantiate(cfg.text_encoder, vocab_size=info.vocab_size, pad_id=info.pad_id)
+    text_encoder = instantiate(cfg.text_encoder, vocab_size=info.vocab_size, pad_id=info.pad_id)
     for name, enc in (("image_encoder", image_encoder), ("text_encoder", text_encoder)):
         if not isinstance(getattr(enc, "out_dim", None), int):
             raise ConfigError(f"model.{name}: {type(enc).__name__} must set an integer `out_dim`")
-    fusion = _instantiate(cfg.fusion, image_dim=image_encoder.out_dim, text_dim=text_encoder.out_dim)
+    fusion = instantiate(cfg.fusion, image_dim=image_encoder.out_dim, text_dim=text_encoder.out_dim)
     channels = info.image_channels
     mean = list(info.image_mean) * (channels // len(info.image_mean))
     std = list(info.image_std) * (channels // len(info.image_std))
