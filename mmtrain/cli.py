@@ -100,6 +100,15 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"mmtrain {__version__}")
         return
+    if argv[0] in ("-sc", "--shell-completion"):
+        # Hydra's completion script calls back `mmtrain -sc query=bash` with the whole
+        # COMP_LINE: complete a subcommand's name, or route to the subcommand it names.
+        words = os.environ.get("COMP_LINE", "").split(" ")
+        if len(words) <= 2 and not any(a.startswith("install=") for a in argv):
+            prefix = words[1] if len(words) == 2 else ""
+            print(" ".join(n for n in SUBCOMMANDS if n.startswith(prefix)))
+            return
+        argv = [words[1] if len(words) > 2 else "train", *argv]
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"mmtrain: error: unknown command '{name}' (choose from: {', '.join(SUBCOMMANDS)})",
@@ -112,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     full_error = saved_env == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     _strip_subcommand_from_completion(name)
-    sys.argv = [f"mmtrain {name}", *rest]
+    # Hydra names the program from argv[0]; completion must register plain `mmtrain`.
+    shell_completion = "-sc" in rest or "--shell-completion" in rest
+    sys.argv = ["mmtrain" if shell_completion else f"mmtrain {name}", *rest]
     if not {"-m", "--multirun"} & set(rest):
         sys.stderr = _DropHydraJobLine(sys.stderr)
     try:

@@ -90,3 +90,21 @@ def test_multirun_makes_one_run_dir_per_job(tmp_path):
     for job in ("0", "1"):
         assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
         assert (sweep / job / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("mmtrain tr", "train"),
+    ("mmtrain train model/fusion=g", "model/fusion=gated"),
+    ("mmtrain train trainer.prec", "trainer.precision="),
+    ("mmtrain eval spl", "split="),
+])
+def test_shell_completion_routes_through_the_subcommand(tmp_path, line, expected):
+    out = run_cli(["-sc", "query=bash"], tmp_path, env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert out.returncode == 0, out.stderr
+    assert expected in out.stdout.split(), out.stdout
+
+
+def test_shell_completion_installs_for_the_mmtrain_command(tmp_path):
+    out = run_cli(["train", "-sc", "install=bash"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "-F hydra_bash_completion mmtrain\n" in out.stdout
