@@ -159,8 +159,7 @@ class Trainer:
         if self.cfg.limit_train_batches is not None:
             batches = min(batches, self.cfg.limit_train_batches)
         steps_per_epoch = max(1, batches // accumulate)
-        scheduler = instantiate(self.scheduler_cfg)(optimizer,
-                                                                total_steps=steps_per_epoch * stage.epochs)
+        scheduler = instantiate(self.scheduler_cfg)(optimizer, total_steps=steps_per_epoch * stage.epochs)
         scaler = grad_scaler(self.device, self.precision)
         best = {"metric": stage.monitor, "mode": stage.monitor_mode, "value": None, "epoch": None,
                 "top": []}
@@ -231,7 +230,7 @@ class Trainer:
         buffers = [b.detach().clone() for b in self.model.buffers()]
         self._set_train_mode(stage)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            batch = next(iter(self.val_loader))  # a new iterator draws a seed: inside the fork
+            batch = next(iter(self.val_loader))
             batch = to_device({k: v[: self.cfg.batch_size] for k, v in batch.items()}, self.device)
             with autocast(self.device, self.precision):
                 flops = count_train_flops(lambda: module(batch)["loss"])
@@ -264,11 +263,9 @@ class Trainer:
         count = 0
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
                    disable=not (self.cfg.progress and self.is_main), dynamic_ncols=True, leave=False)
-        # Creating a loader iterator draws its worker seed from the global RNG: keep that
-        # draw out of the RNG stream, or a run resumed mid-epoch (which creates one more
-        # iterator than the run it continues) would drift.
-        with torch.random.fork_rng(devices=[]):
-            batches = iter(self.train_loader)
+        # The iterator draws its worker seed from the loader's own generator (make_loader), not
+        # the global RNG, so a run resumed mid-epoch (one more iterator) does not drift.
+        batches = iter(self.train_loader)
         optimizer.zero_grad(set_to_none=True)
         self.meter.reset()
         for step in range(skip, steps_per_epoch):
