@@ -137,8 +137,6 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_train_config(cfg)
-    import torch
-
     from mmtrain import data as data_lib
     from mmtrain.data.tokenizer import TextTokenizer
     from mmtrain.engine import distributed

@@ -53,24 +53,20 @@ class SumFusion(nn.Module):
     def forward(self, image: torch.Tensor, text: torch.Tensor,
                 image_tokens: Optional[torch.Tensor] = None, text_tokens: Optional[torch.Tensor] = None,
                 text_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.out(self.image_proj(image) + self.text_proj(text))
+        return self.out(self.combine(self.image_proj(image), self.text_proj(text)))
+
+    @staticmethod
+    def combine(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return image + text
 
 
-class ProductFusion(nn.Module):
+class ProductFusion(SumFusion):
     """Project each modality to `dim` and multiply element-wise: a feature fires only when both
     modalities agree on it (a multiplicative interaction that sum cannot express)."""
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 256, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.image_proj = nn.Linear(image_dim, dim)
-        self.text_proj = nn.Linear(text_dim, dim)
-        self.out = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
-        self.out_dim = dim
-
-    def forward(self, image: torch.Tensor, text: torch.Tensor,
-                image_tokens: Optional[torch.Tensor] = None, text_tokens: Optional[torch.Tensor] = None,
-                text_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.out(self.image_proj(image) * self.text_proj(text))
+    @staticmethod
+    def combine(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return image * text
 
 
 class GatedFusion(nn.Module):

@@ -9,7 +9,7 @@ from torch import nn
 
 from mmtrain.config import instantiate
 from mmtrain.data import DataInfo
-from mmtrain.errors import ConfigError, MmtrainError
+from mmtrain.errors import ConfigError
 from mmtrain.models import EncoderOutput
 
 MODALITIES = ("image", "text")
