@@ -87,6 +87,9 @@ class StageConfig:
     """Per-module learning-rate factors, e.g. {image_encoder: 0.1} for a gentle fine-tune."""
     monitor: Optional[str] = None
     """Validation metric that picks best.pt; null uses the task's own."""
+    monitor_mode: Optional[str] = None
+    """max or min: whether a larger monitor value is better; null infers it (min for a
+    *loss metric, else the task's own)."""
 
 
 @dataclass

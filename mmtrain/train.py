@@ -112,6 +112,16 @@ def find_resume(resume: Any, run_dir: Path, stage_names: list[str]) -> Path | No
     return None
 
 
+def _monitor_mode(stage: str, stage_cfg: Any, task: Any, monitor: str) -> str:
+    """A monitor named by the user ranks low-is-better when it is a loss, unless told otherwise."""
+    mode = stage_cfg.monitor_mode
+    if mode is None:
+        mode = "min" if stage_cfg.monitor and monitor.endswith("loss") else task.monitor_mode
+    if mode not in ("min", "max"):
+        raise ConfigError(f"stages.{stage}.monitor_mode={mode!r}: choose min or max")
+    return mode
+
+
 def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
     """Instantiate each stage's task once and attach its heads, in stage order."""
     from mmtrain.engine.trainer import Stage
@@ -128,10 +138,11 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
         else:
             task.attach(model, info)
             by_name[task.name] = (stage_cfg.task, task)
+        monitor = stage_cfg.monitor or task.monitor
         stages.append(Stage(name=str(name), task=task, epochs=stage_cfg.epochs,
                             freeze=list(stage_cfg.freeze), lr=stage_cfg.lr,
                             lr_scale=dict(stage_cfg.lr_scale),
-                            monitor=stage_cfg.monitor or task.monitor, monitor_mode=task.monitor_mode))
+                            monitor=monitor, monitor_mode=_monitor_mode(name, stage_cfg, task, monitor)))
     return stages
 
 

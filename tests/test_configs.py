@@ -74,3 +74,23 @@ def test_misspelled_key_fails_at_compose_time():
 
     with pytest.raises(ConfigCompositionException, match="trainer.epochz"):
         compose_train(["trainer.epochz=3"])
+
+
+@pytest.mark.parametrize("overrides, mode", [
+    ([], "max"),                                                   # the task's accuracy
+    (["stages.finetune.monitor=loss"], "min"),                     # a loss: lower is better
+    (["stages.finetune.monitor=loss", "stages.finetune.monitor_mode=max"], "max"),
+])
+def test_best_checkpoint_direction_follows_the_monitor(overrides, mode):
+    cfg = compose_train(overrides)
+    model = build_model(cfg.model, _fake_info(cfg))
+    finetune = build_tasks(cfg, model, _fake_info(cfg))[-1]
+    assert finetune.monitor_mode == mode
+
+
+def test_unknown_monitor_mode_is_refused():
+    from mmtrain.errors import ConfigError
+
+    cfg = compose_train(["stages.finetune.monitor_mode=lowest"])
+    with pytest.raises(ConfigError, match="monitor_mode='lowest': choose min or max"):
+        build_tasks(cfg, build_model(cfg.model, _fake_info(cfg)), _fake_info(cfg))
