@@ -209,6 +209,8 @@ def check_train_config(cfg: DictConfig) -> None:
     for name, stage in cfg.stages.items():
         if stage.epochs < 0:
             raise ConfigError(f"stages.{name}.epochs={stage.epochs} must be >= 0")
+    if cfg.trainer.batch_size < 1 or (cfg.trainer.eval_batch_size or 1) < 1:
+        raise ConfigError("trainer.batch_size and trainer.eval_batch_size must be >= 1")
     if cfg.trainer.accumulate_grad_batches < 1:
         raise ConfigError("trainer.accumulate_grad_batches must be >= 1")
     if cfg.trainer.contrastive_accumulation not in CONTRASTIVE_ACCUMULATION:

@@ -8,7 +8,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mmtrain.config import register_schemas
+from mmtrain.config import PRECISIONS, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.train import _write_json, build_tasks, config_dir
 
@@ -91,6 +91,8 @@ def default_output(path: Path, split: str) -> Path:
 
 
 def run(cfg: DictConfig) -> None:
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
     path = resolve_checkpoint(cfg.ckpt, cfg.run)
     out = Path(cfg.out) if cfg.out else default_output(path, cfg.split)
     result = evaluate_checkpoint(path, cfg.split, device=cfg.device, precision=cfg.precision,

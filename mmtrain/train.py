@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -57,6 +58,7 @@ def run(cfg: DictConfig) -> float | None:
         logging.getLogger("mmtrain").setLevel(logging.WARNING)
     status = run_dir / "status.json"
     started = time.time()
+    prepare_run_dir(cfg, run_dir)  # refuse before writing anything into another run's dir
     if main_rank:
         _write_json(status, {"status": "running", "started": started})
     try:
@@ -122,6 +124,32 @@ def _monitor_mode(stage: str, stage_cfg: Any, task: Any, monitor: str) -> str:
     return mode
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return folder.resolve() in path.resolve().parents
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from, if any; refuses a run dir holding another run's checkpoints."""
+    resume_path = find_resume(cfg.trainer.resume, run_dir, [str(n) for n in cfg.stages])
+    continuing = resume_path is not None and _inside(resume_path, run_dir)
+    if not continuing and any((run_dir / "checkpoints").glob("*/*.pt")):
+        raise ConfigError(f"{run_dir} already holds checkpoints: pass trainer.resume=true to continue "
+                          f"that run, or choose another hydra.run.dir (nothing was overwritten)")
+    return resume_path
+
+
+def _adopt_checkpoints(path: Path, resume: dict[str, Any], run_dir: Path, main_rank: bool) -> None:
+    """Resuming into a new run dir: bring the source run's checkpoints along, so the best.pt
+    files its state refers to exist here too (and the source run stays untouched)."""
+    source = path.parent.parent
+    if source.name == "checkpoints" and (source / str(resume["stage"])).resolve() == path.parent.resolve():
+        if main_rank:
+            shutil.copytree(source, run_dir / "checkpoints", dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(".*.tmp"))
+    else:  # a lone file: its best-so-far files are not here, so the stage ranks afresh
+        resume["best"] = {**resume["best"], "value": None, "epoch": None, "top": []}
+
+
 def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
     """Instantiate each stage's task once and attach its heads, in stage order."""
     from mmtrain.engine.trainer import Stage
@@ -158,23 +186,25 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from mmtrain.data.loader import make_loader
     from mmtrain.models.model import build_model
 
-    stage_names = [str(n) for n in cfg.stages]
-    resume_path = find_resume(cfg.trainer.resume, run_dir, stage_names)
-    if resume_path is None and any((run_dir / "checkpoints").glob("*/*.pt")):
-        raise ConfigError(f"{run_dir} already holds checkpoints: pass trainer.resume=true to continue "
-                          f"that run, or choose another hydra.run.dir (nothing was overwritten)")
+    resume_path = prepare_run_dir(cfg, run_dir)
     distributed.barrier()  # every rank has looked before rank 0 writes a checkpoint
     resume = load_checkpoint(resume_path) if resume_path else None
     if resume is not None and "position" not in resume:
         raise CheckpointError(f"{resume_path} is a best.pt (weights only): resume from a last.pt")
     container = OmegaConf.to_container(cfg, resolve=True)
     if resume is not None:
-        sections = ("model",) + tuple(f"stages.{n}.task" for n in stage_names)
-        differ = config_mismatch(resume["config"], container, sections)
+        # What decides the weights and the order of the batches must match for an exact
+        # resume; where the data lives and how it is cached may change.
+        sections = ("model", "data", "seed", "trainer.batch_size", "trainer.accumulate_grad_batches") \
+            + tuple(f"stages.{n}.task" for n in cfg.stages)
+        differ = config_mismatch(resume["config"], container, sections,
+                                 ignore=("data.root", "data.download", "data.cache", "data.cache_images"))
         if differ:
-            raise CheckpointError(f"{resume_path} was trained with another model config "
+            raise CheckpointError(f"{resume_path} was trained with another config "
                                   f"({len(differ)} differences: {'; '.join(differ[:3])}): resume with "
                                   f"the same settings, or start a new run dir")
+        if not _inside(resume_path, run_dir):
+            _adopt_checkpoints(resume_path, resume, run_dir, distributed.rank() == 0)
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)

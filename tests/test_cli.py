@@ -41,6 +41,8 @@ def test_hydra_help_and_cfg_work_through_the_subcommand(tmp_path):
     (["train", "+model.fusion.dimm=3"], "has no option 'dimm' (it accepts: image_dim, text_dim, dim"),
     (["eval", "ckpt=missing.pt"], "checkpoint not found: missing.pt"),
     (["eval"], "ckpt=path/to/best.pt or run="),
+    (["eval", "ckpt=best.pt", "precision=bf16"], "precision='bf16' is not one of auto, 32, bf16-mixed"),
+    (["train", "trainer.batch_size=0"], "trainer.batch_size and trainer.eval_batch_size must be >= 1"),
 ])
 def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, args, needle):
     out = run_cli(args, tmp_path)

@@ -182,3 +182,17 @@ def test_http_error_names_the_url_and_keeps_a_partial_file_for_resuming(server, 
     dest.with_name("gone.bin.part").write_bytes(b"partial")
     with pytest.raises(DataError, match=r"downloading .*/gone.bin failed: HTTP 404.*gone.bin.part is kept"):
         dl.fetch(f"{url}/gone.bin", dest, "0" * 32, progress=False)
+
+
+def test_synth_refuses_a_folder_that_already_holds_files(tmp_path):
+    from tests.data_helpers import run_mmtrain
+
+    root = tmp_path / "data"
+    (root / "aclImdb").mkdir(parents=True)
+    (root / "IMDB Dataset.csv").write_text("review,sentiment\nreal,positive\n")
+    out = run_mmtrain(["data", "synth", "mnist_imdb", "--out", str(root)], tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"mmtrain: error: {root} is not empty: write the fake mnist_imdb set "
+                                  f"to a new folder (or pass --force to write into this one)")
+    assert (root / "IMDB Dataset.csv").read_text() == "review,sentiment\nreal,positive\n"
+    assert not (root / "MNIST").exists()

@@ -68,3 +68,23 @@ def test_one_modality_alone_does_clearly_worse_than_both():
     assert image_only < 0.75, image_only
     assert text_only < 0.45, text_only
     assert both > image_only + 0.1, (both, image_only)
+
+
+def test_bpe_vocabularies_decode_back_to_words():
+    from mmtrain.data.tokenizer import fit_tokenizer
+
+    texts = ["an unbelievable red circle", "a red square", "the blue circle is unbelievable"] * 5
+    tokenizer = fit_tokenizer(texts, kind="bpe", vocab_size=30)
+    ids, lengths = tokenizer.encode(["unbelievable red circle"])
+    assert lengths[0] > 3  # really split into subwords
+    assert tokenizer.decode(ids[0, : lengths[0]].tolist()) == "unbelievable red circle"
+
+
+def test_a_misspelled_tokenizer_option_names_the_valid_ones():
+    import pytest
+
+    from mmtrain.data.tokenizer import fit_tokenizer
+    from mmtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tokenizer_options.kindd: no such option \(valid: kind, "):
+        fit_tokenizer(["a red square"], kindd="word")

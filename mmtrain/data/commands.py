@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from mmtrain.errors import DataError
+
 DATASETS = ("mnist_imdb", "coco")
 
 
@@ -35,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     sy.add_argument("--n-train", type=int, default=None, help="training images (and reviews)")
     sy.add_argument("--n-test", type=int, default=None, help="test (COCO: val) images (and reviews)")
     sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--force", action="store_true",
+                    help="write into a folder that is not empty (fake files replace real ones)")
     return p
 
 
@@ -50,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     from mmtrain.data import fixtures
 
     out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        # A real data root would get fake files mixed in, and its own overwritten.
+        raise DataError(f"{out} is not empty: write the fake {args.dataset} set to a new folder "
+                        f"(or pass --force to write into this one)")
     if args.dataset == "mnist_imdb":
         fixtures.write_mnist(out, args.n_train or 2000, args.n_test or 500, seed=args.seed)
         fixtures.write_imdb(out, args.n_train or 400, args.n_test or 400, seed=args.seed)

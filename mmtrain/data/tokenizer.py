@@ -6,14 +6,19 @@ torchtext stopped at torch 2.3, so it cannot be used with a current torch.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import torch
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE, WordLevel
 from tokenizers.trainers import BpeTrainer, WordLevelTrainer
 
+from mmtrain.errors import ConfigError
+
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIALS = [PAD, UNK, BOS, EOS]  # ids 0..3, in this order
+TOKENIZER_OPTIONS: dict[str, Any] = {"kind": "word", "vocab_size": 10000, "min_frequency": 1,
+                                     "lowercase": True, "max_length": 64}
 
 
 class TextTokenizer:
@@ -54,27 +59,28 @@ class TextTokenizer:
         return cls(Tokenizer.from_str(obj["tokenizer"]), int(obj["max_length"]))
 
 
-def fit_tokenizer(
-    texts: list[str],
-    kind: str = "word",
-    vocab_size: int = 10000,
-    min_frequency: int = 1,
-    lowercase: bool = True,
-    max_length: int = 64,
-) -> TextTokenizer:
-    """Fit a word-level or BPE vocabulary on `texts` (the training split only)."""
+def fit_tokenizer(texts: list[str], **options: Any) -> TextTokenizer:
+    """Fit a vocabulary on `texts` (the training split only) with `data.tokenizer_options`:
+    kind (word | bpe), vocab_size, min_frequency, lowercase, max_length."""
+    unknown = sorted(set(options) - set(TOKENIZER_OPTIONS))
+    if unknown:
+        raise ConfigError(f"data.tokenizer_options.{unknown[0]}: no such option "
+                          f"(valid: {', '.join(TOKENIZER_OPTIONS)})")
+    opts = {**TOKENIZER_OPTIONS, **options}
+    kind, vocab_size, min_frequency = opts["kind"], opts["vocab_size"], opts["min_frequency"]
     if kind == "word":
         tok = Tokenizer(WordLevel(unk_token=UNK))
         trainer = WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                    special_tokens=SPECIALS)
     elif kind == "bpe":
-        tok = Tokenizer(BPE(unk_token=UNK))
+        # The end-of-word suffix lets decode() glue subwords back into words (captions, BLEU).
+        tok = Tokenizer(BPE(unk_token=UNK, end_of_word_suffix="</w>"))
         trainer = BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                             special_tokens=SPECIALS)
+                             special_tokens=SPECIALS, end_of_word_suffix="</w>")
+        tok.decoder = decoders.BPEDecoder(suffix="</w>")
     else:
-        from mmtrain.errors import ConfigError
-
-        raise ConfigError(f"data.tokenizer.kind={kind!r}: choose word or bpe")
+        raise ConfigError(f"data.tokenizer_options.kind={kind!r}: choose word or bpe")
+    lowercase, max_length = opts["lowercase"], opts["max_length"]
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
     tok.normalizer = normalizers.Sequence(steps)
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -141,16 +141,24 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
 
 
 def config_mismatch(saved: dict[str, Any], current: dict[str, Any],
-                    sections: tuple[str, ...] = ("model",)) -> list[str]:
-    """Keys under `sections` whose values differ, as 'key: saved -> current' lines."""
+                    sections: tuple[str, ...] = ("model",), ignore: tuple[str, ...] = ()) -> list[str]:
+    """Keys under the (dotted) `sections` whose values differ, as 'key: saved -> current' lines."""
     out: list[str] = []
     for section in sections:
-        a, b = _flatten(saved.get(section, {}), section), _flatten(current.get(section, {}), section)
+        a, b = _flatten(_get(saved, section), section), _flatten(_get(current, section), section)
         for key in sorted(set(a) | set(b)):
+            if key in ignore:
+                continue
             if a.get(key, "<absent>") != b.get(key, "<absent>"):
                 out.append(f"{key}: {a.get(key, '<absent>')!r} in the checkpoint, "
                            f"{b.get(key, '<absent>')!r} now")
     return out
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = config.get(key, {}) if isinstance(config, dict) else {}
+    return config
 
 
 def _flatten(node: Any, prefix: str) -> dict[str, Any]:

@@ -156,10 +156,10 @@ class Trainer:
                                     device=self.device)
         accumulate = self.cfg.accumulate_grad_batches
         batches = self.train_loader.sampler.per_rank // self.cfg.batch_size
-        if batches == 0:  # drop_last would leave the epoch empty
+        if batches // accumulate == 0:  # drop_last would leave the epoch without a full step
             raise ConfigError(f"the training split has {self.train_loader.sampler.per_rank} samples "
-                              f"per process, fewer than trainer.batch_size={self.cfg.batch_size}: "
-                              f"lower the batch size or use more data")
+                              f"per process, fewer than trainer.batch_size={self.cfg.batch_size} x "
+                              f"trainer.accumulate_grad_batches={accumulate}: lower them or use more data")
         if self.cfg.limit_train_batches is not None:
             batches = min(batches, self.cfg.limit_train_batches)
         steps_per_epoch = max(1, batches // accumulate)
