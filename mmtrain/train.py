@@ -209,7 +209,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
     tokenizer = TextTokenizer.from_json(resume["tokenizer"]) if resume else None
+    first = distributed.rank() == 0
+    if not first:  # rank 0 downloads, extracts and fills the caches; the others then read them
+        distributed.barrier()
     data = data_lib.build(cfg.data, tokenizer=tokenizer)
+    if first:
+        distributed.barrier()
     model = build_model(cfg.model, data.info)
     stages = build_tasks(cfg, model, data.info)
     main_rank = distributed.rank() == 0
@@ -241,7 +246,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         loader = make_loader(data.test, trainer.eval_batch_size, train=False,
                              num_workers=cfg.trainer.num_workers, device=device)
-        summary["test"] = evaluate(model, final.task, loader, device, trainer.precision)
+        with distributed.local_only():  # rank 0 alone: a task's collectives must not wait on others
+            summary["test"] = evaluate(model, final.task, loader, device, trainer.precision)
         summary["test_checkpoint"] = str(best_path)
         if hasattr(final.task, "write_artifacts"):
             summary["artifacts"] = [str(p) for p in final.task.write_artifacts(run_dir / "artifacts")]

@@ -1,7 +1,7 @@
 """An embedded image + text set that needs no download and needs both modalities.
 
 Each image holds two coloured shapes in different quadrants. The caption refers to one
-of them by size, colour and position (and names the other one in full); the label is
+of them by size, colour and position (most templates also name the other one in full); the label is
 the shape of the referred object. The image alone cannot tell which object is meant
 (about 2/3 accuracy at best), the text alone never sees that shape (1/3): only a model
 that fuses both reaches ~100%. Generated in memory from the seed, in well under a second.

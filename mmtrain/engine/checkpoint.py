@@ -11,7 +11,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from mmtrain.errors import CheckpointError
 FORMAT_VERSION = 1
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+def _write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`.
 
     A crash at any moment leaves either the old file or the new one, never a torn one.
@@ -31,7 +31,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,19 +46,18 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save `obj` to `path` atomically and durably."""
+    _write_atomically(path, lambda f: torch.save(obj, f))
+
+
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy `src` to `dst` with the same tmp-then-replace guarantee as `atomic_save`."""
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
-            shutil.copyfileobj(s, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Copy `src` to `dst` with the same guarantee as `atomic_save`."""
+    def copy(f: BinaryIO) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, f)
+
+    _write_atomically(dst, copy)
 
 
 def remove_partial_writes(folder: Path) -> None:

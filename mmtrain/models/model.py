@@ -115,7 +115,7 @@ def build_model(cfg: Any, info: DataInfo) -> MultimodalModel:
 
 
 def set_frozen(model: nn.Module, names: Iterable[str]) -> None:
-    """Freeze the named submodules (others trainable); a frozen module also stays in eval mode."""
+    """Freeze the named submodules (others trainable); the trainer also keeps them in eval mode."""
     for p in model.parameters():
         p.requires_grad_(True)
     for name in names:
