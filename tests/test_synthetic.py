@@ -49,14 +49,14 @@ def _train_accuracy(blank: tuple[str, ...], epochs: int = 4) -> float:
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         for batch in loader:
-            loss = task.training_step(model, blank_modalities(batch, blank))["loss"]
+            loss = task.training_step(model, blank_modalities(batch, blank, model.image_mean))["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()
     model.eval()
     test = make_loader(bundle.test, 300, train=False)
     with torch.no_grad():
-        return task.evaluate(model, (blank_modalities(b, blank) for b in test))["accuracy"]
+        return task.evaluate(model, (blank_modalities(b, blank, model.image_mean) for b in test))["accuracy"]
 
 
 def test_one_modality_alone_does_clearly_worse_than_both():
@@ -88,3 +88,19 @@ def test_a_misspelled_tokenizer_option_names_the_valid_ones():
 
     with pytest.raises(ConfigError, match=r"tokenizer_options.kindd: no such option \(valid: kind, "):
         fit_tokenizer(["a red square"], kindd="word")
+
+
+def test_a_blanked_image_reaches_the_encoder_as_zeros():
+    from mmtrain.models import EncoderOutput
+
+    class Capture(torch.nn.Module):
+        def forward(self, x):
+            self.seen = x
+            return EncoderOutput(x.flatten(1), x.flatten(2).transpose(1, 2))
+
+    bundle = build_synthetic(n_train=20, n_val=4, n_test=4)
+    model = MultimodalModel(Capture(), GRUEncoder(bundle.info.vocab_size), ConcatFusion(3, 256),
+                            bundle.info.image_mean, bundle.info.image_std)
+    batch = blank_modalities(collate(bundle.test.__getitems__([0, 1])), ["image"], model.image_mean)
+    model.encode_image(batch["image"])
+    assert model.image_encoder.seen.abs().max() < 0.01

@@ -50,21 +50,22 @@ def _batch(n: int = 4000) -> dict[str, torch.Tensor]:
 def test_modality_dropout_blanks_one_modality_of_about_p_of_the_samples():
     torch.manual_seed(0)
     batch = _batch()
-    out = drop_modalities(batch, 0.3)
-    blank_image = (out["image"] == 128).flatten(1).all(1)
+    mean = torch.tensor([0.25])  # uint8 64 after scaling: what the model normalizes to zero
+    out = drop_modalities(batch, 0.3, mean)
+    blank_image = (out["image"] == 64).flatten(1).all(1)
     blank_text = out["text_lengths"] == 1
     assert not (blank_image & blank_text).any(), "never both modalities of one sample"
     assert (blank_image | blank_text).float().mean() == pytest.approx(0.3, abs=0.03)
     assert blank_image.float().mean() == pytest.approx(0.15, abs=0.03)
     # A dropped modality looks exactly like `mmtrain eval ablate=true`'s blank one.
-    reference = blank_modalities(batch, ["text"])
+    reference = blank_modalities(batch, ["text"], mean)
     row = int(blank_text.nonzero()[0])
     assert out["text"][row, :1].tolist() == reference["text"][row].tolist()
     assert out["text"][row, 1:].eq(0).all()
     kept = ~(blank_image | blank_text)
     assert torch.equal(out["image"][kept], batch["image"][kept])
     assert torch.equal(out["text"][kept], batch["text"][kept])
-    assert drop_modalities(batch, 0.0) is batch
+    assert drop_modalities(batch, 0.0, mean) is batch
 
 
 def test_modality_dropout_must_be_a_probability():

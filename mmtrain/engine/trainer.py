@@ -73,7 +73,7 @@ def evaluate(model: MultimodalModel, task: Any, loader: Iterable, device: torch.
             if limit is not None and i >= limit:
                 break
             batch = to_device(batch, device)
-            yield blank_modalities(batch, blank) if blank else batch
+            yield blank_modalities(batch, blank, model.image_mean) if blank else batch
 
     was_training = model.training
     model.eval()

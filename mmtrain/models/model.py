@@ -61,7 +61,15 @@ class StageModule(nn.Module):
         return self.task.training_step(self.model, batch)
 
 
-def blank_modalities(batch: dict[str, torch.Tensor], blank: Iterable[str]) -> dict[str, torch.Tensor]:
+def mean_image(like: torch.Tensor, image_mean: torch.Tensor) -> torch.Tensor:
+    """The data's mean colour as a uint8 image shaped like `like` (B x C x H x W): after the
+    model's normalization it is all zeros, a neutral 'no image' rather than a bright one."""
+    fill = (image_mean.reshape(1, -1, 1, 1) * 255).round().to(torch.uint8).to(like.device)
+    return fill.expand_as(like)
+
+
+def blank_modalities(batch: dict[str, torch.Tensor], blank: Iterable[str],
+                     image_mean: torch.Tensor) -> dict[str, torch.Tensor]:
     """A copy of `batch` with whole modalities removed: images set to the mean, text to one UNK."""
     blank = set(blank)
     unknown = blank - set(MODALITIES)
@@ -69,15 +77,15 @@ def blank_modalities(batch: dict[str, torch.Tensor], blank: Iterable[str]) -> di
         raise ConfigError(f"cannot blank {sorted(unknown)}: modalities are {', '.join(MODALITIES)}")
     out = dict(batch)
     if "image" in blank:
-        # uint8 128 is the mid-grey every normalization maps close to zero.
-        out["image"] = torch.full_like(batch["image"], 128)
+        out["image"] = mean_image(batch["image"], image_mean).clone()
     if "text" in blank:
         out["text"] = torch.ones_like(batch["text"][:, :1])  # id 1 = [UNK]
         out["text_lengths"] = torch.ones_like(batch["text_lengths"])
     return out
 
 
-def drop_modalities(batch: dict[str, torch.Tensor], p: float) -> dict[str, torch.Tensor]:
+def drop_modalities(batch: dict[str, torch.Tensor], p: float,
+                    image_mean: torch.Tensor) -> dict[str, torch.Tensor]:
     """Modality dropout: with probability `p` per sample, blank one of its two modalities (each
     equally likely), exactly as `blank_modalities` does for a whole batch, so a model trained
     with it sees at training time the missing input that `mmtrain eval ablate=true` shows it."""
@@ -89,8 +97,8 @@ def drop_modalities(batch: dict[str, torch.Tensor], p: float) -> dict[str, torch
     image_side = torch.rand(n, device=device) < 0.5
     no_image, no_text = dropped & image_side, dropped & ~image_side
     out = dict(batch)
-    grey = torch.full_like(batch["image"], 128)
-    out["image"] = torch.where(no_image.view(-1, 1, 1, 1), grey, batch["image"])
+    out["image"] = torch.where(no_image.view(-1, 1, 1, 1), mean_image(batch["image"], image_mean),
+                               batch["image"])
     text = batch["text"].clone()
     text[no_text] = 0
     text[no_text, 0] = 1  # the one-[UNK] text of blank_modalities (pad id 0 after it)

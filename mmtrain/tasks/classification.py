@@ -103,7 +103,7 @@ With `model/fusion=late` each modality gets its own head and the logits are aver
         return 0.5 * (head["image"](image_part) + head["text"](text_part))
 
     def training_step(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.logits(model, drop_modalities(batch, self.modality_dropout))
+        logits = self.logits(model, drop_modalities(batch, self.modality_dropout, model.image_mean))
         target = batch[self.label]
         loss = F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
         return {"loss": loss, "accuracy": (logits.argmax(-1) == target).float().mean()}
