@@ -7,7 +7,8 @@ loop and `_optimizer_step` what happens once the micro-batches are in.
 Host syncs: the losses are summed on the device and read back only at log steps; the one
 per-step sync is the finiteness check of the gradient norm, which decides whether the
 optimizer may step (GradScaler makes the same sync for fp16). Under DDP the gradients are
-already averaged at that point, so every rank takes the same decision.
+already averaged at that point, so every rank takes the same decision. (The gru/lstm text
+encoders add one: packing needs the lengths on the CPU.)
 """
 
 from __future__ import annotations
