@@ -127,8 +127,10 @@ class EvalConfig:
     run: Optional[str] = None
     split: str = "test"
     device: str = "auto"
-    precision: str = "32"
-    batch_size: int = 256
+    precision: Optional[str] = None
+    """Default: the precision the checkpoint was trained with, so the figures match training's."""
+    batch_size: Optional[int] = None
+    """Default: the batch size training evaluated with."""
     num_workers: int = 0
     limit_eval_batches: Optional[int] = None
     data: Dict[str, Any] = field(default_factory=lambda: {"root": None})

@@ -42,7 +42,8 @@ def resolve_checkpoint(ckpt: str | None, run_dir: str | None) -> Path:
 
 
 def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto",
-                        precision: str = "32", batch_size: int = 256, num_workers: int = 0,
+                        precision: str | None = None, batch_size: int | None = None,
+                        num_workers: int = 0,
                         data_overrides: dict | None = None, ablate: bool = False,
                         limit_eval_batches: int | None = None,
                         artifacts_dir: Path | None = None) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto"
     from mmtrain.data.loader import make_loader
     from mmtrain.data.tokenizer import TextTokenizer
     from mmtrain.engine.checkpoint import load_checkpoint, load_model_state
-    from mmtrain.engine.precision import resolve_device
+    from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.trainer import evaluate
     from mmtrain.models.model import build_model
 
@@ -62,6 +63,10 @@ def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto"
     if data_overrides:
         cfg.data = OmegaConf.merge(cfg.data, data_overrides)
     dev = resolve_device(device)
+    # Unless told otherwise, evaluate exactly as training did, so the figures match its own.
+    trained = cfg.trainer
+    precision = resolve_precision(precision or trained.get("precision", "32"), dev)
+    batch_size = batch_size or trained.get("eval_batch_size") or 2 * trained.get("batch_size", 128)
     data = data_lib.build(cfg.data, tokenizer=TextTokenizer.from_json(ckpt["tokenizer"]))
     model = build_model(cfg.model, data.info)
     stages = {s.name: s for s in build_tasks(cfg, model, data.info)}
@@ -91,7 +96,7 @@ def default_output(path: Path, split: str) -> Path:
 
 
 def run(cfg: DictConfig) -> None:
-    if cfg.precision not in PRECISIONS:
+    if cfg.precision is not None and cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
     path = resolve_checkpoint(cfg.ckpt, cfg.run)
     out = Path(cfg.out) if cfg.out else default_output(path, cfg.split)

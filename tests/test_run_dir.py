@@ -63,3 +63,15 @@ def test_a_refused_start_leaves_the_existing_run_status_alone(tmp_path):
     assert out.returncode == 2 and "already holds checkpoints" in out.stderr
     assert (run_dir / "status.json").read_text() == status
     assert not (run_dir / "error.txt").exists()
+
+
+def test_eval_defaults_to_the_precision_and_batch_size_training_used(tmp_path):
+    from mmtrain.eval import evaluate_checkpoint
+
+    summary = train_in_process(tmp_path / "run", TINY + ["stages.pretrain.epochs=0",
+                                                         "trainer.precision=bf16-mixed"])
+    result = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "finetune" / "best.pt", device="cpu")
+    assert result["metrics"] == summary["test"]  # bf16 on both sides: the very same figures
+    fp32 = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "finetune" / "best.pt", device="cpu",
+                               precision="32")
+    assert fp32["metrics"]["loss"] != summary["test"]["loss"]

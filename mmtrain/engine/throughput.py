@@ -54,7 +54,7 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 class ThroughputMeter:
-    """Times an interval of steps. `wait()` brackets fetching a batch; `read()` is called at
+    """Times an interval of steps. `data_wait()` is told how long fetching a batch took; `read()` is called at
     a log step, after the host has synced with the device, so the wall time is real."""
 
     def __init__(self, device: torch.device, world_size: int = 1) -> None:
