@@ -72,7 +72,8 @@ def test_coco_caption_recipe_on_official_format_files_scores_against_every_refer
     register_schemas()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
-            "+experiment=coco_caption", f"data.root={root}", "data.image_size=32", "data.n_val=8",
+            "+experiment=coco_caption", "model/image_encoder=cnn", f"data.root={root}", "data.image_size=32",
+            "data.n_val=8",
             "data.tokenizer_options.max_length=16", "data.cache=false", "trainer.num_workers=0",
             "stages.pretrain.epochs=1", "stages.caption.epochs=1", "stages.pretrain.task.embed_dim=16",
             "model.image_encoder.width=8", "model.image_encoder.dim=16", "model/text_encoder=bow",
