@@ -8,9 +8,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mmtrain.atomic import write_json
 from mmtrain.config import PRECISIONS, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.train import _write_json, build_tasks, config_dir
+from mmtrain.train import build_tasks, config_dir
 
 
 
@@ -105,7 +106,7 @@ def run(cfg: DictConfig) -> None:
                                  data_overrides=OmegaConf.to_container(cfg.data),
                                  ablate=cfg.ablate, limit_eval_batches=cfg.limit_eval_batches,
                                  artifacts_dir=out.with_suffix(""))
-    _write_json(out, result)
+    write_json(out, result)
     columns = {"both": result["metrics"]}
     for blank in ("image", "text"):
         if f"metrics_without_{blank}" in result:

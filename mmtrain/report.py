@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmtrain.atomic import write_text
 from mmtrain.errors import ConfigError
 
 
@@ -242,18 +243,11 @@ def write_report(dirs: list[Path], out: Path, metric: str | None = None,
     report = build_report(find_runs(dirs), metric, mode)
     markdown = to_markdown(report)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "summary.md", markdown)
-    _atomic_write(out / "summary.csv", to_csv(report))
+    write_text(out / "summary.md", markdown)
+    write_text(out / "summary.csv", to_csv(report))
     plot_params(report, out / "plots")
     plot_curves(report, [read_curves(r.path) for r in report.runs], out / "plots")
     return report, markdown
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # Parallel sweep jobs may refresh the same summary at once: never leave a torn file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:

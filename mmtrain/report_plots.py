@@ -6,13 +6,13 @@ backend, safe in parallel sweep jobs and on headless nodes.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from mmtrain.atomic import write_atomically
 from mmtrain.report import Report
 
 MAX_LEGEND = 12
@@ -20,10 +20,7 @@ MAX_LEGEND = 12
 
 
 def _save(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def _floats(values: list[str]) -> list[float] | None:

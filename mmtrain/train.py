@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -16,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from mmtrain.atomic import write_json
 from mmtrain.config import check_train_config, instantiate, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
 
@@ -60,26 +60,19 @@ def run(cfg: DictConfig) -> float | None:
     started = time.time()
     prepare_run_dir(cfg, run_dir)  # refuse before writing anything into another run's dir
     if main_rank:
-        _write_json(status, {"status": "running", "started": started})
+        write_json(status, {"status": "running", "started": started})
     try:
         summary = train(cfg, run_dir)
     except BaseException as e:
         state = "interrupted" if isinstance(e, (KeyboardInterrupt, Preempted)) else "failed"
         if main_rank:
-            _write_json(status, {"status": state, "started": started, "ended": time.time(),
+            write_json(status, {"status": state, "started": started, "ended": time.time(),
                                  "error": f"{type(e).__name__}: {e}"})
             (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         raise
     if main_rank:
-        _write_json(status, {"status": "completed", "started": started, "ended": time.time()})
+        write_json(status, {"status": "completed", "started": started, "ended": time.time()})
     return summary.get("objective")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -251,7 +244,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary["test_checkpoint"] = str(best_path)
         if hasattr(final.task, "write_artifacts"):
             summary["artifacts"] = [str(p) for p in final.task.write_artifacts(run_dir / "artifacts")]
-    _write_json(run_dir / "metrics.json", summary)
+    write_json(run_dir / "metrics.json", summary)
     print_summary(summary)
     return summary
 

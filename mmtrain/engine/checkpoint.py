@@ -9,46 +9,21 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
+from mmtrain.atomic import write_atomically
 from mmtrain.errors import CheckpointError
 
 FORMAT_VERSION = 1
 
 
-def _write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`.
-
-    A crash at any moment leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save `obj` to `path` atomically and durably."""
-    _write_atomically(path, lambda f: torch.save(obj, f))
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -57,7 +32,7 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         with open(src, "rb") as source:
             shutil.copyfileobj(source, f)
 
-    _write_atomically(dst, copy)
+    write_atomically(dst, copy)
 
 
 def remove_partial_writes(folder: Path) -> None:
