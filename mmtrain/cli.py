@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mmtrain.train", "train a model: stages from the config, then test (Hydra overrides)"),
     "eval": ("mmtrain.eval", "evaluate a checkpoint: ckpt=PATH or run=DIR (Hydra overrides)"),
     "data": ("mmtrain.data.commands", "download the real datasets (verified) or write fake ones: data download|synth"),
+    "predict": ("mmtrain.predict", "run a checkpoint on your images and texts: classes, captions, similarities, zero-shot"),
     "report": ("mmtrain.report", "summarize run dirs or a sweep: table best first, CSV, plots"),
 }
 

@@ -142,10 +142,36 @@ class EvalConfig:
     """Also report every metric with the image blanked and with the text blanked."""
 
 
+@dataclass
+class PredictConfig:
+    ckpt: Optional[str] = None
+    image: Optional[str] = None
+    """A file, a folder (searched recursively) or a glob pattern."""
+    text: Optional[str] = None
+    text_file: Optional[str] = None
+    """One text per line."""
+    labels: Optional[List[str]] = None
+    """Zero-shot classification with a contrastive checkpoint: the class names."""
+    template: str = "a photo of a {}"
+    top_k: int = 5
+    beam_size: Optional[int] = None
+    """Captioning: default the checkpoint's; 1 = greedy."""
+    pairing: str = "zip"
+    """zip: image i with text i (a single image or text goes with every one); all: every pair."""
+    truncate: bool = False
+    """Cut texts longer than the model accepts instead of refusing them."""
+    batch_size: int = 64
+    num_workers: int = 0
+    device: str = "auto"
+    out: Optional[str] = None
+    """A .json or .csv file for the results."""
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
 
 
 def _walk_targets(node: Any, path: str):
