@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import hydra.utils
@@ -140,6 +141,20 @@ class EvalConfig:
     """Where metrics are written; default: next to the checkpoint's run dir."""
     ablate: bool = False
     """Also report every metric with the image blanked and with the text blanked."""
+    trust_config: bool = False
+    """Build whatever `_target_` the checkpoint's config names. Off: only mmtrain's own
+    components and torch's optimizers and schedulers (a config can name any callable)."""
+    allow_targets: List[str] = field(default_factory=list)
+    """Module prefixes whose `_target_`s a checkpoint's config may also name, e.g. [mypkg.]."""
+
+
+def config_dir() -> str:
+    """The packaged configs of an installed wheel, else the repo's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise ConfigError(f"mmtrain's configs are missing (looked in {here / 'conf'}): reinstall the package")
 
 
 @dataclass

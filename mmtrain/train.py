@@ -16,19 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mmtrain.atomic import write_json
-from mmtrain.config import check_train_config, instantiate, register_schemas
+from mmtrain.config import check_train_config, config_dir, instantiate, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("mmtrain")
-
-
-def config_dir() -> str:
-    """The packaged configs of an installed wheel, else the repo's top-level conf/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise ConfigError(f"mmtrain's configs are missing (looked in {here / 'conf'}): reinstall the package")
 
 
 def main() -> None:
