@@ -180,6 +180,10 @@ class PredictConfig:
     device: str = "auto"
     out: Optional[str] = None
     """A .json or .csv file for the results."""
+    trust_config: bool = False
+    """As for `mmtrain eval`: build whatever `_target_` the checkpoint's config names."""
+    allow_targets: List[str] = field(default_factory=list)
+    """As for `mmtrain eval`: module prefixes a checkpoint's config may also name."""
 
 
 def register_schemas() -> None:

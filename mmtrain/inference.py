@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from mmtrain.data import DataInfo
@@ -71,26 +71,27 @@ def data_info(ckpt: dict[str, Any], path: Path, tokenizer: TextTokenizer) -> Dat
     return info
 
 
-def load_for_inference(path: str | Path, *, device: str = "auto") -> Loaded:
-    """Rebuild model, heads and tokenizer from a checkpoint file alone and load its weights."""
-    from mmtrain.engine.checkpoint import load_checkpoint, load_model_state
+def load_for_inference(path: str | Path, *, device: str = "auto", allow_targets: Sequence[str] = (),
+                       trust_config: bool = False) -> Loaded:
+    """Rebuild model, heads and tokenizer from a checkpoint file alone and load its weights;
+    its config may name only mmtrain's own components (mmtrain.trust), as for `mmtrain eval`."""
+    from mmtrain.engine.checkpoint import load_checkpoint_config, load_model_state
     from mmtrain.engine.precision import resolve_device
     from mmtrain.models.model import build_model
     from mmtrain.train import build_tasks
 
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    ckpt, cfg = load_checkpoint_config(path, allow=allow_targets, trust=trust_config)
     try:
         tokenizer = TextTokenizer.from_json(ckpt["tokenizer"])
-        cfg = OmegaConf.create(ckpt["config"])
     except Exception:
-        raise CheckpointError(f"{path} has no readable tokenizer or config: it is corrupt or "
-                              f"not an mmtrain checkpoint") from None
+        raise CheckpointError(f"{path} has no readable tokenizer: it is corrupt or not an mmtrain "
+                              f"checkpoint") from None
     info = data_info(ckpt, path, tokenizer)
     model = build_model(cfg.model, info)
     stages = {s.name: s for s in build_tasks(cfg, model, info)}
-    if ckpt.get("stage") not in stages:
-        raise CheckpointError(f"{path} was saved in stage {ckpt.get('stage')!r}, which its config lacks")
+    if ckpt["stage"] not in stages:
+        raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")
     load_model_state(model, ckpt["model"], path)
     dev = resolve_device(device)
     model.to(dev).eval().requires_grad_(False)

@@ -19,9 +19,8 @@ import hydra
 from omegaconf import DictConfig
 
 from mmtrain.atomic import write_text
-from mmtrain.config import register_schemas
+from mmtrain.config import config_dir, register_schemas
 from mmtrain.errors import ConfigError, DataError
-from mmtrain.train import config_dir
 
 Row = dict[str, Any]
 
@@ -162,7 +161,8 @@ def predict(cfg: DictConfig) -> tuple[str, list[Row]]:
     if cfg.out and Path(cfg.out).suffix.lower() not in (".json", ".csv"):
         raise ConfigError(f"out={cfg.out}: name a .json or .csv file")
     paths = find_images(cfg.image)
-    loaded = load_for_inference(cfg.ckpt, device=cfg.device)
+    loaded = load_for_inference(cfg.ckpt, device=cfg.device, allow_targets=list(cfg.allow_targets),
+                                trust_config=cfg.trust_config)
     loaded.require("predict", "classification", "contrastive", "captioning")
     if cfg.labels is not None:
         loaded.require("predict labels=[...] (zero-shot)", "contrastive")

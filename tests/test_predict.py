@@ -126,6 +126,10 @@ def test_bad_inputs_get_one_line_and_exit_2(digits, clip, tmp_path):
     payload = torch.load(ckpt, weights_only=True)
     del payload["data_info"]
     torch.save(payload, old)
+    foreign = tmp_path / "foreign.pt"
+    payload = torch.load(ckpt, weights_only=True)
+    payload["config"]["model"]["fusion"]["_target_"] = "os.system"
+    torch.save(payload, foreign)
     cases = {
         "no such file or folder": [f"ckpt={ckpt}", "image=missing.png", "text=a"],
         "holds no image files": [f"ckpt={ckpt}", f"image={tmp_path / 'empty'}", "text=a"],
@@ -135,6 +139,7 @@ def test_bad_inputs_get_one_line_and_exit_2(digits, clip, tmp_path):
         "needs a contrastive one": [f"ckpt={digits}", image, "labels=[a,b]"],
         "predates data info": [f"ckpt={old}", image, "text=a"],
         "checkpoint not found": ["ckpt=nope.pt", image, "text=a"],
+        "'os.system' is not an mmtrain component": [f"ckpt={foreign}", image, "text=a"],
         "name a .json or .csv": [f"ckpt={ckpt}", image, "text=a", "out=x.txt"],
         "needs text=": [f"ckpt={digits}", image],
         "cannot be zipped": [f"ckpt={digits}", f"image={tmp_path / 'two'}", "text_file=three.txt"],
