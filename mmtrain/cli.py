@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("mmtrain.eval", "evaluate a checkpoint: ckpt=PATH or run=DIR (Hydra overrides)"),
     "data": ("mmtrain.data.commands", "download the real datasets (verified) or write fake ones: data download|synth"),
     "predict": ("mmtrain.predict", "run a checkpoint on your images and texts: classes, captions, similarities, zero-shot"),
+    "embed": ("mmtrain.embed", "embed a folder of images (or a text file) into a searchable index, resumable"),
+    "search": ("mmtrain.search", "rank an index's entries by a text or image query; contact sheet of the top k"),
     "report": ("mmtrain.report", "summarize run dirs or a sweep: table best first, CSV, plots"),
 }
 

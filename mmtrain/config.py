@@ -186,11 +186,51 @@ class PredictConfig:
     """As for `mmtrain eval`: module prefixes a checkpoint's config may also name."""
 
 
+@dataclass
+class EmbedConfig:
+    ckpt: Optional[str] = None
+    images: Optional[str] = None
+    """A folder, searched recursively for every file Pillow reads."""
+    texts: Optional[str] = None
+    """Instead of images: a text file, one entry per line (a text index)."""
+    out: Optional[str] = None
+    """The index folder; an existing one built the same way is resumed."""
+    batch_size: int = 64
+    num_workers: int = 2
+    shard_size: int = 4096
+    """Embeddings per shard: an interrupted run loses at most one shard of work."""
+    skip_unreadable: bool = False
+    truncate: bool = False
+    progress: bool = True
+    device: str = "auto"
+    trust_config: bool = False
+    allow_targets: List[str] = field(default_factory=list)
+
+
+@dataclass
+class SearchConfig:
+    index: Optional[str] = None
+    text: Optional[str] = None
+    image: Optional[str] = None
+    k: int = 10
+    sheet: Optional[str] = None
+    """A .png contact sheet of the top k (image indexes)."""
+    out: Optional[str] = None
+    ckpt: Optional[str] = None
+    """Default: the checkpoint that built the index (it must be the same file)."""
+    truncate: bool = False
+    device: str = "auto"
+    trust_config: bool = False
+    allow_targets: List[str] = field(default_factory=list)
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="embed_schema", node=EmbedConfig)
+    cs.store(name="search_schema", node=SearchConfig)
 
 
 def _walk_targets(node: Any, path: str):
