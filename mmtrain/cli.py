@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("mmtrain.predict", "run a checkpoint on your images and texts: classes, captions, similarities, zero-shot"),
     "embed": ("mmtrain.embed", "embed a folder of images (or a text file) into a searchable index, resumable"),
     "search": ("mmtrain.search", "rank an index's entries by a text or image query; contact sheet of the top k"),
+    "export": ("mmtrain.export", "export a checkpoint's inference graphs to ONNX or TorchScript, parity-checked"),
     "report": ("mmtrain.report", "summarize run dirs or a sweep: table best first, CSV, plots"),
 }
 

@@ -224,6 +224,21 @@ class SearchConfig:
     allow_targets: List[str] = field(default_factory=list)
 
 
+@dataclass
+class ExportConfig:
+    ckpt: Optional[str] = None
+    format: str = "onnx"
+    """onnx | torchscript"""
+    out: Optional[str] = None
+    """A new (or empty) folder for the graphs, tokenizer.json and preprocess.json."""
+    image: Optional[str] = None
+    """Images (file, folder or glob; up to 16 used) for the parity check; default: random pixels."""
+    text_file: Optional[str] = None
+    """Texts (one per line) for the parity check; default: sentences of vocabulary words."""
+    trust_config: bool = False
+    allow_targets: List[str] = field(default_factory=list)
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
@@ -231,6 +246,7 @@ def register_schemas() -> None:
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="embed_schema", node=EmbedConfig)
     cs.store(name="search_schema", node=SearchConfig)
+    cs.store(name="export_schema", node=ExportConfig)
 
 
 def _walk_targets(node: Any, path: str):
