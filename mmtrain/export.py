@@ -24,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -184,18 +185,22 @@ def _max_diff(got: Sequence[Any], want: Sequence[Any]) -> float:
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """The exporters print progress and deprecation notes, some from C++ straight to file
-    descriptor 2; the user wants one summary line per graph."""
-    saved = os.dup(2)
+    """The exporters print progress, graph dumps and deprecation notes, some from C++ straight
+    to file descriptors 1 and 2; the user wants one summary line per graph."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     try:
         with open(os.devnull, "w") as devnull, warnings.catch_warnings(), \
                 contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            os.dup2(devnull.fileno(), 2)
+            for fd in saved:
+                os.dup2(devnull.fileno(), fd)
             yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _first_line(e: BaseException) -> str:
@@ -204,8 +209,13 @@ def _first_line(e: BaseException) -> str:
 
 
 def _onnx(graph: Graph, path: Path, example: dict[str, Any], check: dict[str, Any]) -> tuple[float, str]:
-    import onnxruntime as ort
     import torch
+
+    try:
+        import onnx  # noqa: F401 (the exporters need it)
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError('format=onnx needs onnx and onnxruntime: pip install "mmtrain[export]"') from None
 
     args = tuple(example[k] for k in graph.inputs)
     want = _reference(graph, check)
