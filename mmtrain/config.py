@@ -158,7 +158,18 @@ def config_dir() -> str:
 
 
 @dataclass
-class PredictConfig:
+class CheckpointInputConfig:
+    """What every command that reads a checkpoint for inference (predict, embed, search,
+    export) takes besides its own options."""
+
+    trust_config: bool = False
+    """As for `mmtrain eval`: build whatever `_target_` the checkpoint's config names."""
+    allow_targets: List[str] = field(default_factory=list)
+    """As for `mmtrain eval`: module prefixes a checkpoint's config may also name."""
+
+
+@dataclass
+class PredictConfig(CheckpointInputConfig):
     ckpt: Optional[str] = None
     image: Optional[str] = None
     """A file, a folder (searched recursively) or a glob pattern."""
@@ -180,14 +191,10 @@ class PredictConfig:
     device: str = "auto"
     out: Optional[str] = None
     """A .json or .csv file for the results."""
-    trust_config: bool = False
-    """As for `mmtrain eval`: build whatever `_target_` the checkpoint's config names."""
-    allow_targets: List[str] = field(default_factory=list)
-    """As for `mmtrain eval`: module prefixes a checkpoint's config may also name."""
 
 
 @dataclass
-class EmbedConfig:
+class EmbedConfig(CheckpointInputConfig):
     ckpt: Optional[str] = None
     images: Optional[str] = None
     """A folder, searched recursively for every file Pillow reads."""
@@ -203,12 +210,10 @@ class EmbedConfig:
     truncate: bool = False
     progress: bool = True
     device: str = "auto"
-    trust_config: bool = False
-    allow_targets: List[str] = field(default_factory=list)
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(CheckpointInputConfig):
     index: Optional[str] = None
     text: Optional[str] = None
     image: Optional[str] = None
@@ -220,12 +225,10 @@ class SearchConfig:
     """Default: the checkpoint that built the index (it must be the same file)."""
     truncate: bool = False
     device: str = "auto"
-    trust_config: bool = False
-    allow_targets: List[str] = field(default_factory=list)
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(CheckpointInputConfig):
     ckpt: Optional[str] = None
     format: str = "onnx"
     """onnx | torchscript"""
@@ -234,9 +237,8 @@ class ExportConfig:
     image: Optional[str] = None
     """Images (file, folder or glob; up to 16 used) for the parity check; default: random pixels."""
     text_file: Optional[str] = None
-    """Texts (one per line) for the parity check; default: sentences of vocabulary words."""
-    trust_config: bool = False
-    allow_targets: List[str] = field(default_factory=list)
+    """Texts (one per line) for the parity check; default: sentences of vocabulary words.
+    Export and its check run on the CPU, in fp32."""
 
 
 def register_schemas() -> None:
