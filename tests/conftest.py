@@ -56,3 +56,22 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 240, env: dict | None = N
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def coco_clip(tmp_path_factory) -> tuple[Path, Path]:
+    """(best.pt of a tiny CLIP-style model, the COCO fixture it was trained on), trained once
+    for the predict, embed/search and export tests; they only read both."""
+    from tests.inference_helpers import train_coco_clip
+
+    return train_coco_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_classifier(tmp_path_factory) -> Path:
+    """best.pt of a classification stage trained for seconds on the synthetic set."""
+    from tests.inference_helpers import train
+    from tests.trainer_utils import TINY as TINY_RUN
+
+    run = train(tmp_path_factory.mktemp("classifier") / "run", [*TINY_RUN, "~stages.pretrain"])
+    return run / "checkpoints/finetune/best.pt"

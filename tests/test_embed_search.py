@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.inference_helpers import coco_val_captions, mmtrain_in_process, train, train_coco_clip
+from tests.inference_helpers import coco_val_captions, mmtrain_in_process
 from tests.test_predict import one_error_line
-from tests.trainer_utils import TINY, one_thread  # noqa: F401 (autouse: tiny models run on one thread)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> tuple[Path, Path]:
-    return train_coco_clip(tmp_path_factory.mktemp("clip"))
+from tests.trainer_utils import one_thread  # noqa: F401 (autouse: tiny models run on one thread)
 
 
 def embed(ckpt: Path, cwd: Path, *args: str) -> tuple[int, str, str]:
@@ -33,8 +28,8 @@ def vectors(index: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def test_search_finds_each_unseen_image_by_its_own_caption_more_often_than_chance(clip, tmp_path):
-    ckpt, root = clip
+def test_search_finds_each_unseen_image_by_its_own_caption_more_often_than_chance(coco_clip, tmp_path):
+    ckpt, root = coco_clip
     code, out, err = embed(ckpt, tmp_path, f"images={root / 'val2017'}", "out=index")
     assert code == 0, err
     assert out.strip() == "20 image embeddings in index"
@@ -51,10 +46,10 @@ def test_search_finds_each_unseen_image_by_its_own_caption_more_often_than_chanc
     assert first >= 4, first                                           # chance: 1 of 20
 
 
-def test_image_query_finds_itself_and_the_contact_sheet_shows_the_top_k(clip, tmp_path):
+def test_image_query_finds_itself_and_the_contact_sheet_shows_the_top_k(coco_clip, tmp_path):
     from PIL import Image
 
-    ckpt, root = clip
+    ckpt, root = coco_clip
     assert embed(ckpt, tmp_path, f"images={root / 'val2017'}", "out=index")[0] == 0
     query = sorted((root / "val2017").glob("*.jpg"))[5]
     code, out, err = mmtrain_in_process(["search", "index=index", f"image={query}", "k=7", "sheet=top.png",
@@ -67,8 +62,8 @@ def test_image_query_finds_itself_and_the_contact_sheet_shows_the_top_k(clip, tm
     assert Image.open(tmp_path / "top.png").size == (5 * 160, 2 * 190)
 
 
-def test_text_index_answers_text_queries(clip, tmp_path):
-    ckpt, root = clip
+def test_text_index_answers_text_queries(coco_clip, tmp_path):
+    ckpt, root = coco_clip
     captions = list(dict.fromkeys(coco_val_captions(root).values()))
     (tmp_path / "captions.txt").write_text("\n".join(captions + captions[:3]) + "\n")
     code, out, err = embed(ckpt, tmp_path, "texts=captions.txt", "out=texts")
@@ -79,10 +74,10 @@ def test_text_index_answers_text_queries(clip, tmp_path):
     assert out.splitlines()[1].split(None, 2)[2] == captions[2]
 
 
-def test_an_interrupted_embed_resumes_to_the_same_index_and_reads_any_pillow_format(clip, tmp_path):
+def test_an_interrupted_embed_resumes_to_the_same_index_and_reads_any_pillow_format(coco_clip, tmp_path):
     from PIL import Image
 
-    ckpt, root = clip
+    ckpt, root = coco_clip
     photos = tmp_path / "photos"
     shutil.copytree(root / "val2017", photos)
     jpegs = sorted(photos.glob("*.jpg"))
@@ -107,9 +102,9 @@ def test_an_interrupted_embed_resumes_to_the_same_index_and_reads_any_pillow_for
     assert code == 0 and "1 unreadable files left out" in out, (out, err)
 
 
-def test_bad_inputs_get_one_line_and_exit_2(clip, tmp_path):
-    ckpt, root = clip
-    other = train(tmp_path / "cls", [*TINY, "~stages.pretrain"]) / "checkpoints/finetune/best.pt"
+def test_bad_inputs_get_one_line_and_exit_2(coco_clip, synthetic_classifier, tmp_path):
+    ckpt, root = coco_clip
+    other = synthetic_classifier
     assert embed(ckpt, tmp_path, f"images={root / 'val2017'}", "out=index")[0] == 0
     changed = tmp_path / "changed.pt"
     payload = torch.load(ckpt, weights_only=True)

@@ -16,9 +16,9 @@ import torch
 
 from mmtrain.export import TOLERANCE, export
 from mmtrain.inference import Loaded
-from tests.inference_helpers import mmtrain_in_process, train, train_coco_clip
+from tests.inference_helpers import mmtrain_in_process
 from tests.test_predict import one_error_line
-from tests.trainer_utils import TINY, one_thread  # noqa: F401 (autouse: tiny models run on one thread)
+from tests.trainer_utils import one_thread  # noqa: F401 (autouse: tiny models run on one thread)
 from tests.zoo import build, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +92,8 @@ def readme_snippet() -> str:
     return match.group(1)
 
 
-def test_readme_snippet_runs_the_exported_model_without_mmtrain_or_torch(tmp_path):
-    ckpt, root = train_coco_clip(tmp_path)
+def test_readme_snippet_runs_the_exported_model_without_mmtrain_or_torch(coco_clip, tmp_path):
+    ckpt, root = coco_clip
     code, out, err = mmtrain_in_process(["export", f"ckpt={ckpt}", "out=exported",
                                          f"image={root / 'val2017'}"], tmp_path)
     assert code == 0, err
@@ -111,8 +111,8 @@ def test_readme_snippet_runs_the_exported_model_without_mmtrain_or_torch(tmp_pat
     assert len(scores) == 3 and all(-1 <= float(s) <= 1 for s in scores.values())
 
 
-def test_bad_inputs_get_one_line_and_exit_2(tmp_path):
-    ckpt = train(tmp_path / "cls", [*TINY, "~stages.pretrain"]) / "checkpoints/finetune/best.pt"
+def test_bad_inputs_get_one_line_and_exit_2(synthetic_classifier, tmp_path):
+    ckpt = synthetic_classifier
     (tmp_path / "full").mkdir()
     (tmp_path / "full/keep.txt").write_text("mine")
     cases = {

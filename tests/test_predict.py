@@ -12,7 +12,7 @@ import torch
 
 from mmtrain.data.fixtures import COLOURS
 from tests.data_helpers import TINY_MODEL, coco_fixture, run_mmtrain
-from tests.inference_helpers import (coco_val_captions, mmtrain_in_process, train, train_coco_clip,
+from tests.inference_helpers import (coco_val_captions, mmtrain_in_process, train,
                                      train_digit_classifier, write_digit_pngs)
 from tests.trainer_utils import one_thread  # noqa: F401 (autouse: tiny models run on one thread)
 
@@ -20,11 +20,6 @@ from tests.trainer_utils import one_thread  # noqa: F401 (autouse: tiny models r
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     return train_digit_classifier(tmp_path_factory.mktemp("digits"))
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> tuple[Path, Path]:
-    return train_coco_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.mark.slow  # the classifier trains for ~25 s on a loaded 2-core machine
@@ -42,6 +37,7 @@ def test_digit_classifier_predicts_unseen_digit_files_above_chance_without_the_d
     assert "photos/000.png" in out.stdout and "top classes" in out.stdout
 
 
+@pytest.mark.slow  # shares the digit classifier's ~25 s of training
 def test_an_rgb_copy_of_a_grayscale_image_gets_the_same_probabilities(digits, tmp_path):
     from PIL import Image
 
@@ -56,8 +52,8 @@ def test_an_rgb_copy_of_a_grayscale_image_gets_the_same_probabilities(digits, tm
     assert len(gray) == 5 and drop_image[:5] == drop_image[5:]
 
 
-def test_zero_shot_names_the_colour_of_unseen_coco_images_above_chance(clip, tmp_path):
-    ckpt, root = clip
+def test_zero_shot_names_the_colour_of_unseen_coco_images_above_chance(coco_clip, tmp_path):
+    ckpt, root = coco_clip
     captions = coco_val_captions(root)
     code, _, err = mmtrain_in_process(["predict", f"ckpt={ckpt}", f"image={root / 'val2017'}",
                                        f"labels=[{','.join(COLOURS)}]", "template=\"a {} shape\"", "out=zs.csv"],
@@ -69,8 +65,8 @@ def test_zero_shot_names_the_colour_of_unseen_coco_images_above_chance(clip, tmp
     assert sum(hits) / len(hits) > 0.4, (sum(hits), len(hits))       # chance: 1/6
 
 
-def test_contrastive_checkpoint_gives_the_similarity_of_every_image_text_pair(clip, tmp_path):
-    ckpt, root = clip
+def test_contrastive_checkpoint_gives_the_similarity_of_every_image_text_pair(coco_clip, tmp_path):
+    ckpt, root = coco_clip
     captions = list(coco_val_captions(root).items())[:4]
     (tmp_path / "texts.txt").write_text("\n".join(c for _, c in captions) + "\n\n")
     code, out, err = mmtrain_in_process(["predict", f"ckpt={ckpt}", f"image={root / 'val2017'}/*.jpg",
@@ -115,8 +111,8 @@ def one_error_line(code: int, stderr: str) -> str:
     return lines[0]
 
 
-def test_bad_inputs_get_one_line_and_exit_2(digits, clip, tmp_path):
-    ckpt = clip[0]
+def test_bad_inputs_get_one_line_and_exit_2(synthetic_classifier, coco_clip, tmp_path):
+    ckpt = coco_clip[0]
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     write_digit_pngs(tmp_path / "ok", 1)
@@ -136,13 +132,13 @@ def test_bad_inputs_get_one_line_and_exit_2(digits, clip, tmp_path):
         "no file matches": [f"ckpt={ckpt}", f"image={tmp_path}/*.webp", "text=a"],
         "cannot decode image": [f"ckpt={ckpt}", f"image={tmp_path / 'bad.jpg'}", "text=a"],
         "it was not cut": [f"ckpt={ckpt}", image, f"text={long_text}"],
-        "needs a contrastive one": [f"ckpt={digits}", image, "labels=[a,b]"],
+        "needs a contrastive one": [f"ckpt={synthetic_classifier}", image, "labels=[a,b]"],
         "predates data info": [f"ckpt={old}", image, "text=a"],
         "checkpoint not found": ["ckpt=nope.pt", image, "text=a"],
         "'os.system' is not an mmtrain component": [f"ckpt={foreign}", image, "text=a"],
         "name a .json or .csv": [f"ckpt={ckpt}", image, "text=a", "out=x.txt"],
-        "needs text=": [f"ckpt={digits}", image],
-        "cannot be zipped": [f"ckpt={digits}", f"image={tmp_path / 'two'}", "text_file=three.txt"],
+        "needs text=": [f"ckpt={synthetic_classifier}", image],
+        "cannot be zipped": [f"ckpt={synthetic_classifier}", f"image={tmp_path / 'two'}", "text_file=three.txt"],
     }
     write_digit_pngs(tmp_path / "two", 2)
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
