@@ -148,6 +148,17 @@ def test_an_interpolation_that_decodes_into_a_target_is_refused(real_checkpoint,
     assert not (area / "made").exists()
 
 
+def test_a_task_name_that_is_a_path_is_refused_before_anything_is_written(real_checkpoint, tmp_path):
+    ckpt = torch.load(real_checkpoint, map_location="cpu", weights_only=True)
+    ckpt["config"]["stages"]["finetune"]["task"]["name"] = "../../escaped"
+    path = tmp_path / "a" / "b" / "named.pt"
+    path.parent.mkdir(parents=True)
+    atomic_save(ckpt, path)
+    with pytest.raises(ConfigError, match=r"stages.finetune.task.name='../../escaped': use letters"):
+        evaluate_checkpoint(path, device="cpu", artifacts_dir=path.parent / "out")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "named.pt"]
+
+
 def test_the_user_may_trust_a_checkpoint_or_a_module_prefix_explicitly(real_checkpoint, tmp_path):
     area = _victim_area(tmp_path)
     attack = _attacks(area)["makedirs"]
