@@ -220,3 +220,27 @@ def test_a_pickle_that_would_run_code_is_refused_in_one_short_line(tmp_path):
         load_checkpoint(path)
     assert str(err.value) == f"{path}: not a weights-only checkpoint: refusing to unpickle it"
     assert not (tmp_path / "made").exists()
+
+
+def test_a_checkpoint_evaluates_without_the_pretrained_weights_it_started_from(real_checkpoint, tmp_path):
+    from mmtrain import data as data_lib
+    from mmtrain.data.tokenizer import TextTokenizer
+    from mmtrain.models.model import build_model
+    from mmtrain.train import build_tasks
+
+    ckpt = torch.load(real_checkpoint, map_location="cpu", weights_only=True)
+    ckpt["config"]["model"]["image_encoder"] = {
+        "_target_": "mmtrain.models.image_encoder.ResNetEncoder", "arch": "resnet18",
+        "pretrained": None, "small_input": True, "dim": 32}
+    cfg = OmegaConf.create(ckpt["config"])
+    data = data_lib.build(cfg.data, tokenizer=TextTokenizer.from_json(ckpt["tokenizer"]))
+    model = build_model(cfg.model, data.info)
+    build_tasks(cfg, model, data.info)
+    ckpt["model"] = model.state_dict()
+    # Trained elsewhere from a file this machine does not have (or, for a hub name, would fetch).
+    ckpt["config"]["model"]["image_encoder"]["pretrained"] = str(tmp_path / "elsewhere" / "resnet18.pth")
+    path = tmp_path / "from_pretrained.pt"
+    atomic_save(ckpt, path)
+    result = evaluate_checkpoint(path, device="cpu", limit_eval_batches=1)
+    assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
+    assert not (tmp_path / "elsewhere").exists()
