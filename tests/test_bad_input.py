@@ -126,6 +126,17 @@ def test_a_checkpoint_without_a_tokenizer_is_refused_in_one_line(run_dir, tmp_pa
         evaluate_checkpoint(path, device="cpu")
 
 
+def test_a_checkpoint_whose_config_lacks_a_section_is_refused_in_one_line(run_dir, tmp_path):
+    from mmtrain.eval import evaluate_checkpoint
+
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "finetune" / "best.pt")
+    ckpt["config"]["model"] = 5
+    path = tmp_path / "no_model.pt"
+    atomic_save(ckpt, path)
+    with pytest.raises(CheckpointError, match=f"{path}: its config has no 'model' section"):
+        evaluate_checkpoint(path, device="cpu")
+
+
 def test_eval_of_a_run_whose_saved_config_is_malformed_is_one_line(run_dir, tmp_path):
     import shutil
 

@@ -115,6 +115,9 @@ def load_checkpoint_config(path: str | os.PathLike, *, allow: Sequence[str] = ()
     for key, kind in (("config", dict), ("stage", str)):
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"{path} has no {key}: it cannot be rebuilt for evaluation")
+    for section in ("data", "model", "stages", "trainer"):
+        if not isinstance(ckpt["config"].get(section), dict):
+            raise CheckpointError(f"{path}: its config has no '{section}' section: it cannot be rebuilt")
     return ckpt, trusted_config(ckpt["config"], source=str(path), allow=allow, trust=trust)
 
 
