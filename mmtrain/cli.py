@@ -8,6 +8,7 @@ imports torch, so `mmtrain --help` is instant.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
@@ -53,10 +54,19 @@ def _usage() -> str:
     return USAGE.format(commands="\n".join(lines))
 
 
+def _worker_message(text: str) -> str:
+    """torch re-raises a DataLoader worker's exception with the worker's whole traceback as
+    its message; the worker's own message is the last line, after 'module.Type: '."""
+    if "Original Traceback (most recent call last):" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return re.sub(r"^[\w.]+: ", "", last.strip(), count=1)
+
+
 def _one_line(exc: BaseException) -> str:
     """Hydra and OmegaConf messages span lines and carry a cause; say it in one line."""
     # Hydra appends its config search path to an unknown choice: noise for a user.
-    parts = [str(exc).split("Config search path")[0]]
+    parts = [_worker_message(str(exc)).split("Config search path")[0]]
     cause = exc.__cause__ or exc.__context__
     if cause is not None and str(cause) and str(cause) not in parts[0]:
         parts.append(str(cause).splitlines()[0])
@@ -163,6 +173,10 @@ def _report(exc: Exception) -> int:
     except ImportError:
         pass
     message = _one_line(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # A full disk outside the atomic writers (a log line): still one line, exit 2.
+        user_error, code = True, 2
+        message = f"no space left on device writing {exc.filename or 'a file'}: free some space and run again"
     if not user_error:
         message = f"{type(exc).__name__}: {message} (set HYDRA_FULL_ERROR=1 for the traceback)"
     print(f"mmtrain: error: {message}", file=sys.stderr)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import hydra.utils
 from hydra.core.config_store import ConfigStore
@@ -323,7 +324,53 @@ def check_train_config(cfg: DictConfig) -> None:
                           f"is not one of {', '.join(CONTRASTIVE_ACCUMULATION)}")
     if cfg.trainer.max_nonfinite_steps < 1:
         raise ConfigError("trainer.max_nonfinite_steps must be >= 1")
+    check_values(cfg)
     check_targets(cfg)
+
+
+_LR = (lambda v: 0 <= v < math.inf, "a learning rate is >= 0 and finite")
+# key -> (what a valid number satisfies, the rule in words)
+_VALUE_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "seed": (lambda v: v == int(v) and 0 <= v < 2**32, "a seed is an integer in [0, 2**32)"),
+    "trainer.grad_clip": (lambda v: 0 < v < math.inf,
+                          "the largest gradient norm kept is > 0 and finite (null: no clipping)"),
+    "optimizer.lr": _LR,
+    "optimizer.weight_decay": (lambda v: 0 <= v < math.inf, "weight decay is >= 0 and finite"),
+}
+
+
+def _check_value(key: str, value: Any, rule: tuple[Callable[[float], bool], str]) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and rule[0](value)):  # NaN fails every comparison, so it lands here too
+        raise ConfigError(f"{key}={value!r}: {rule[1]}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Numbers torch would take and train wrongly with (a negative clip norm trains uphill)
+    or refuse only after the data and model are built: refused at start, naming the key."""
+    for key, rule in _VALUE_RULES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            _check_value(key, value, rule)
+    for name, stage in cfg.stages.items():
+        if stage.lr is not None:
+            _check_value(f"stages.{name}.lr", stage.lr, _LR)
+        for key, value in _numbers_named(stage.task, f"stages.{name}.task", "label_smoothing"):
+            _check_value(key, value, (lambda v: 0 <= v < 1, "label smoothing is in [0, 1)"))
+
+
+def _numbers_named(node: Any, path: str, name: str):
+    """(dotted key, value) of every `name` key below `node` (a multitask's heads included)."""
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node._get_node(key)
+            sub = f"{path}.{key}"
+            if key == name:
+                yield sub, node[key]
+            yield from _numbers_named(child, sub, name)
+    elif isinstance(node, ListConfig):
+        for i, child in enumerate(node):
+            yield from _numbers_named(child, f"{path}[{i}]", name)
 
 
 def instantiate(cfg: Any, **kwargs: Any) -> Any:

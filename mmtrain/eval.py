@@ -23,6 +23,17 @@ def main() -> None:
     hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")(run)()
 
 
+def _stage_names(config: Path) -> list[str]:
+    problem = ""
+    try:
+        names = [str(n) for n in OmegaConf.load(config).stages]
+    except Exception as e:  # YAML or OmegaConf errors, a list where a mapping belongs...
+        problem = type(e).__name__
+    if problem:  # raised here, so the one-line message carries no parser trace as its context
+        raise CheckpointError(f"{config} is malformed ({problem}): pass the checkpoint itself with ckpt=")
+    return names
+
+
 def resolve_checkpoint(ckpt: str | None, run_dir: str | None) -> Path:
     """ckpt=PATH as given; run=DIR -> the best.pt of the run's last stage that has one."""
     if ckpt:
@@ -34,7 +45,7 @@ def resolve_checkpoint(ckpt: str | None, run_dir: str | None) -> Path:
     if not root.is_dir():
         raise CheckpointError(f"run dir not found: {root}")
     if config.is_file():
-        names = [str(n) for n in OmegaConf.load(config).stages]
+        names = _stage_names(config)
     else:  # a run made through the Python API: a later stage always wrote its best.pt later
         bests = sorted((root / "checkpoints").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
         names = [p.parent.name for p in bests]
@@ -61,20 +72,24 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
             trust: bool = False) -> Rebuilt:
     """Data, model (with the checkpoint's weights) and task from a checkpoint whose config
     names only mmtrain's own components (see mmtrain.trust; `allow`/`trust` widen that).
-    Where the data is read from may be overridden; whether it is downloaded is the user's
-    call alone, never the file's."""
+    Where the data is read from may be overridden; whether it is downloaded, and where
+    caches go, is the user's call alone (`data_overrides`), never the file's."""
     from mmtrain import data as data_lib
-    from mmtrain.data.tokenizer import TextTokenizer
-    from mmtrain.engine.checkpoint import load_checkpoint_config, load_model_state
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
     from mmtrain.models.model import build_model
 
     ckpt, cfg = load_checkpoint_config(path, allow=allow, trust=trust)
-    if "download" in cfg.data:
-        cfg.data.download = False
+    for key, value in (("download", False), ("cache_dir", None)):
+        if key in cfg.data:  # where to write is the user's call alone, never the file's
+            cfg.data[key] = value
+    for part in cfg.model.values():
+        # The checkpoint's weights replace any pretrained ones: do not read (or fetch) those.
+        if isinstance(part, DictConfig) and part.get("pretrained"):
+            part.pretrained = None
     overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}
     if overrides:
         cfg.data = OmegaConf.merge(cfg.data, overrides)
-    data = data_lib.build(cfg.data, tokenizer=TextTokenizer.from_json(ckpt["tokenizer"]))
+    data = data_lib.build(cfg.data, tokenizer=checkpoint_tokenizer(ckpt, path))
     model = build_model(cfg.model, data.info)
     stages = {s.name: s for s in build_tasks(cfg, model, data.info)}
     if ckpt["stage"] not in stages:

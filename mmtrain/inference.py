@@ -75,19 +75,18 @@ def load_for_inference(path: str | Path, *, device: str = "auto", allow_targets:
                        trust_config: bool = False) -> Loaded:
     """Rebuild model, heads and tokenizer from a checkpoint file alone and load its weights;
     its config may name only mmtrain's own components (mmtrain.trust), as for `mmtrain eval`."""
-    from mmtrain.engine.checkpoint import load_checkpoint_config, load_model_state
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
     from mmtrain.engine.precision import resolve_device
     from mmtrain.models.model import build_model
     from mmtrain.train import build_tasks
 
     path = Path(path)
     ckpt, cfg = load_checkpoint_config(path, allow=allow_targets, trust=trust_config)
-    try:
-        tokenizer = TextTokenizer.from_json(ckpt["tokenizer"])
-    except Exception:
-        raise CheckpointError(f"{path} has no readable tokenizer: it is corrupt or not an mmtrain "
-                              f"checkpoint") from None
-    info = data_info(ckpt, path, tokenizer)
+    for part in cfg.model.values():
+        # The checkpoint's weights replace any pretrained ones: do not read (or fetch) those.
+        if isinstance(part, DictConfig) and part.get("pretrained"):
+            part.pretrained = None
+    info = data_info(ckpt, path, checkpoint_tokenizer(ckpt, path))
     model = build_model(cfg.model, info)
     stages = {s.name: s for s in build_tasks(cfg, model, info)}
     if ckpt["stage"] not in stages:
@@ -95,7 +94,7 @@ def load_for_inference(path: str | Path, *, device: str = "auto", allow_targets:
     load_model_state(model, ckpt["model"], path)
     dev = resolve_device(device)
     model.to(dev).eval().requires_grad_(False)
-    return Loaded(path, model, stages[ckpt["stage"]].task, str(ckpt["stage"]), info, tokenizer, cfg, dev)
+    return Loaded(path, model, stages[ckpt["stage"]].task, str(ckpt["stage"]), info, info.tokenizer, cfg, dev)
 
 
 # ---- images ------------------------------------------------------------------------------

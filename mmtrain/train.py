@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import shutil
 import time
 import traceback
@@ -140,6 +141,10 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
 
     stages, by_name = [], {}
     for name, stage_cfg in cfg.stages.items():
+        head = stage_cfg.task.get("name")
+        # It names a module and the task's artifact files: a '/' or '..' would write elsewhere.
+        if head is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", str(head)):
+            raise ConfigError(f"stages.{name}.task.name={head!r}: use letters, digits, _ and -")
         task = instantiate(stage_cfg.task, _convert_="all")
         if task.name in by_name:
             earlier_cfg, earlier_task = by_name[task.name]
@@ -161,9 +166,9 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_train_config(cfg)
     from mmtrain import data as data_lib
-    from mmtrain.data.tokenizer import TextTokenizer
     from mmtrain.engine import distributed
-    from mmtrain.engine.checkpoint import config_mismatch, load_checkpoint, load_model_state
+    from mmtrain.engine.checkpoint import (checkpoint_tokenizer, config_mismatch, load_checkpoint,
+                                           load_model_state)
     from mmtrain.engine.logger import MetricLogger
     from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.trainer import Trainer, evaluate
@@ -179,10 +184,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if resume is not None:
         # What decides the weights and the order of the batches must match for an exact
         # resume; where the data lives and how it is cached may change.
-        sections = ("model", "data", "seed", "trainer.batch_size", "trainer.accumulate_grad_batches") \
+        # An optimizer of another kind cannot take over the saved state (SGD has no Adam moments).
+        sections = ("model", "data", "seed", "optimizer._target_", "trainer.batch_size",
+                    "trainer.accumulate_grad_batches") \
             + tuple(f"stages.{n}.task" for n in cfg.stages)
         differ = config_mismatch(resume["config"], container, sections,
-                                 ignore=("data.root", "data.download", "data.cache", "data.cache_images"))
+                                 ignore=("data.root", "data.download", "data.cache", "data.cache_images",
+                                         "data.cache_dir"))
         if differ:
             raise CheckpointError(f"{resume_path} was trained with another config "
                                   f"({len(differ)} differences: {'; '.join(differ[:3])}): resume with "
@@ -192,7 +200,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
-    tokenizer = TextTokenizer.from_json(resume["tokenizer"]) if resume else None
+    tokenizer = checkpoint_tokenizer(resume, resume_path) if resume else None
     first = distributed.rank() == 0
     if not first:  # rank 0 downloads, extracts and fills the caches; the others then read them
         distributed.barrier()

@@ -53,6 +53,19 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 240, env: dict | None = N
                           timeout=timeout, env=full_env)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir_of_this_session(tmp_path_factory):
+    """Dataset caches (tokenizers, tokens, resized images) go to a folder of this test session,
+    in this process and in the CLI subprocesses, not into the user's ~/.cache/mmtrain."""
+    before = os.environ.get("MMTRAIN_CACHE")
+    os.environ["MMTRAIN_CACHE"] = str(tmp_path_factory.mktemp("mmtrain_cache"))
+    yield
+    if before is None:
+        os.environ.pop("MMTRAIN_CACHE", None)
+    else:
+        os.environ["MMTRAIN_CACHE"] = before
+
+
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)

@@ -148,6 +148,17 @@ def test_an_interpolation_that_decodes_into_a_target_is_refused(real_checkpoint,
     assert not (area / "made").exists()
 
 
+def test_a_task_name_that_is_a_path_is_refused_before_anything_is_written(real_checkpoint, tmp_path):
+    ckpt = torch.load(real_checkpoint, map_location="cpu", weights_only=True)
+    ckpt["config"]["stages"]["finetune"]["task"]["name"] = "../../escaped"
+    path = tmp_path / "a" / "b" / "named.pt"
+    path.parent.mkdir(parents=True)
+    atomic_save(ckpt, path)
+    with pytest.raises(ConfigError, match=r"stages.finetune.task.name='../../escaped': use letters"):
+        evaluate_checkpoint(path, device="cpu", artifacts_dir=path.parent / "out")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "named.pt"]
+
+
 def test_the_user_may_trust_a_checkpoint_or_a_module_prefix_explicitly(real_checkpoint, tmp_path):
     area = _victim_area(tmp_path)
     attack = _attacks(area)["makedirs"]
@@ -209,3 +220,27 @@ def test_a_pickle_that_would_run_code_is_refused_in_one_short_line(tmp_path):
         load_checkpoint(path)
     assert str(err.value) == f"{path}: not a weights-only checkpoint: refusing to unpickle it"
     assert not (tmp_path / "made").exists()
+
+
+def test_a_checkpoint_evaluates_without_the_pretrained_weights_it_started_from(real_checkpoint, tmp_path):
+    from mmtrain import data as data_lib
+    from mmtrain.data.tokenizer import TextTokenizer
+    from mmtrain.models.model import build_model
+    from mmtrain.train import build_tasks
+
+    ckpt = torch.load(real_checkpoint, map_location="cpu", weights_only=True)
+    ckpt["config"]["model"]["image_encoder"] = {
+        "_target_": "mmtrain.models.image_encoder.ResNetEncoder", "arch": "resnet18",
+        "pretrained": None, "small_input": True, "dim": 32}
+    cfg = OmegaConf.create(ckpt["config"])
+    data = data_lib.build(cfg.data, tokenizer=TextTokenizer.from_json(ckpt["tokenizer"]))
+    model = build_model(cfg.model, data.info)
+    build_tasks(cfg, model, data.info)
+    ckpt["model"] = model.state_dict()
+    # Trained elsewhere from a file this machine does not have (or, for a hub name, would fetch).
+    ckpt["config"]["model"]["image_encoder"]["pretrained"] = str(tmp_path / "elsewhere" / "resnet18.pth")
+    path = tmp_path / "from_pretrained.pt"
+    atomic_save(ckpt, path)
+    result = evaluate_checkpoint(path, device="cpu", limit_eval_batches=1)
+    assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
+    assert not (tmp_path / "elsewhere").exists()

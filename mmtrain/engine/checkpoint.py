@@ -115,7 +115,24 @@ def load_checkpoint_config(path: str | os.PathLike, *, allow: Sequence[str] = ()
     for key, kind in (("config", dict), ("stage", str)):
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"{path} has no {key}: it cannot be rebuilt for evaluation")
+    for section in ("data", "model", "stages", "trainer"):
+        if not isinstance(ckpt["config"].get(section), dict):
+            raise CheckpointError(f"{path}: its config has no '{section}' section: it cannot be rebuilt")
     return ckpt, trusted_config(ckpt["config"], source=str(path), allow=allow, trust=trust)
+
+
+def checkpoint_tokenizer(ckpt: dict[str, Any], path: Any) -> Any:
+    """The TextTokenizer a checkpoint was trained with; a missing or unreadable one is a
+    CheckpointError naming the file."""
+    from mmtrain.data.tokenizer import TextTokenizer
+
+    if not isinstance(ckpt.get("tokenizer"), str):
+        raise CheckpointError(f"{path} holds no tokenizer: it was not written by mmtrain's trainer, "
+                              f"so its text ids cannot be reproduced")
+    try:
+        return TextTokenizer.from_json(ckpt["tokenizer"])
+    except Exception as e:  # the tokenizers library raises its own types for bad JSON
+        raise CheckpointError(f"{path}: its tokenizer cannot be read ({_first_line(e)})") from None
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
