@@ -148,3 +148,11 @@ def test_bad_inputs_get_one_line_and_exit_2(synthetic_classifier, coco_clip, tmp
     code, _, err = mmtrain_in_process(["predict", f"ckpt={ckpt}", image, f"text={long_text}", "truncate=true"],
                                       tmp_path)
     assert code == 0 and "were cut" in err, err
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "search", "export"])
+def test_help_shows_the_usage_and_every_option(command, tmp_path):
+    code, out, err = mmtrain_in_process([command, "--help"], tmp_path)
+    assert code == 0, err
+    assert out.startswith(f"usage: mmtrain {command} ") and "trust_config: false" in out
+    assert list(tmp_path.iterdir()) == []  # no log, no .hydra
