@@ -30,12 +30,13 @@ def _lines(caplog: pytest.LogCaptureFixture, needle: str) -> list[str]:
 
 def test_each_stage_and_epoch_gets_one_line_and_the_table_labels_every_figure(tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO, logger="mmtrain")
-    summary = train(make_config("test=true", "stages.finetune.freeze=[image_encoder]"), tmp_path)
+    summary = train(make_config("test=true", "stages.finetune.freeze=[image_encoder]",
+                                "+stages.finetune.lr_scale={text_encoder: 0.1}"), tmp_path)
 
     starts = _lines(caplog, "starts: task")
     assert len(starts) == 2
     assert "[finetune] stage 2/2 starts: task ClassificationTask, 2 epochs x 4 steps x 32 samples" in starts[1]
-    assert "frozen: image_encoder" in starts[1] and "lr 0.0020" in starts[1] and "monitor accuracy (max)" in starts[1]
+    assert "frozen: image_encoder" in starts[1] and "lr 0.0020 (text_encoder x0.1)" in starts[1] and "monitor accuracy (max)" in starts[1]
     epochs = _lines(caplog, "] epoch ")
     assert [line.split(" | ")[0] for line in epochs] == ["[pretrain] epoch 1/1", "[finetune] epoch 1/2",
                                                           "[finetune] epoch 2/2"]

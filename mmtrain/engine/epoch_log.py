@@ -36,13 +36,15 @@ def metric_list(metrics: dict[str, float], first: str | None = None) -> str:
 
 def stage_start(*, name: str, index: int, count: int, task: str, n_epochs: int, start_epoch: int,
                 steps_per_epoch: int, samples_per_step: int, frozen: Iterable[str], lr: float,
-                monitor: str, mode: str, patience: int | None, min_delta: float) -> str:
+                lr_scale: dict[str, float], monitor: str, mode: str, patience: int | None,
+                min_delta: float) -> str:
     resumed = f", resuming at epoch {start_epoch + 1}" if start_epoch else ""
+    scaled = "".join(f" ({k} x{v:g})" for k, v in lr_scale.items())
     stop = (f"early stop after {plural_epochs(patience)} without a {mode} improvement > {number(min_delta)}"
             if patience is not None else "no early stop")
     return (f"[{name}] stage {index + 1}/{count} starts: task {task}, {plural_epochs(n_epochs)} x "
             f"{steps_per_epoch} steps x {samples_per_step} samples{resumed} | frozen: "
-            f"{', '.join(frozen) or 'none'} | lr {number(lr)} | monitor {monitor} ({mode}) | {stop}")
+            f"{', '.join(frozen) or 'none'} | lr {number(lr)}{scaled} | monitor {monitor} ({mode}) | {stop}")
 
 
 def epoch_line(*, name: str, epoch: int, epochs: int, train_loss: float | None,

@@ -208,7 +208,9 @@ class Trainer:
                 task=type(stage.task).__name__, n_epochs=stage.epochs, start_epoch=pos.epoch,
                 steps_per_epoch=steps_per_epoch,
                 samples_per_step=self.cfg.batch_size * accumulate * self.world_size,
-                frozen=stage.freeze, lr=optimizer.param_groups[0]["lr"], monitor=stage.monitor,
+                # The configured (peak) learning rate: a warmup starts the schedule below it.
+                frozen=stage.freeze, lr=stage.lr if stage.lr is not None else self.optimizer_cfg.lr,
+                lr_scale=stage.lr_scale, monitor=stage.monitor,
                 mode=stage.monitor_mode, patience=stage.patience, min_delta=stage.min_delta))
         if stage.epochs == 0:  # evaluate-only stage: still leaves last.pt/best.pt for eval
             metrics = self.validate(stage)
