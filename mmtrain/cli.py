@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
             print(" ".join(n for n in SUBCOMMANDS if n.startswith(prefix)))
             return
         argv = [words[1] if len(words) > 2 else "train", *argv]
+        if argv[0] in _PLAIN_COMMANDS:
+            print(_complete_plain(argv[0], words[2:]))
+            return
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"mmtrain: error: unknown command '{name}' (choose from: {', '.join(SUBCOMMANDS)})",
@@ -149,6 +152,29 @@ def main(argv: list[str] | None = None) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
+
+
+# Commands with an argparse front end rather than Hydra's: completed from their own --help.
+_PLAIN_COMMANDS = ("data", "report")
+
+
+def _complete_plain(command: str, words: list[str]) -> str:
+    """The options and choices the command's parser offers at this point of the line (what
+    argparse lists in --help), those starting with the word being typed."""
+    import contextlib
+    import io
+
+    typed = [w for w in words[:-1] if w and not w.startswith("-")]
+    prefix = words[-1] if words else ""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
+        importlib.import_module(SUBCOMMANDS[command][0]).main([*typed[:1], "--help"])
+    usage = buffer.getvalue()
+    offered = re.findall(r"(?<![\w-])(--[a-z][\w-]*)", usage)
+    if len(typed) < 2:  # a positional may come next: its choices, e.g. {download,synth}
+        choices = re.search(r"^  \{([\w,-]+)\}", usage, re.MULTILINE)
+        offered += choices.group(1).split(",") if choices else []
+    return " ".join(dict.fromkeys(w for w in offered if w.startswith(prefix)))
 
 
 def _complete_eval_keys_only(entry: Any) -> None:

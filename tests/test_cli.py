@@ -115,6 +115,9 @@ def test_multirun_makes_one_run_dir_per_job(tmp_path):
     ("mmtrain train model/fusion=g", "model/fusion=gated"),
     ("mmtrain train trainer.prec", "trainer.precision="),
     ("mmtrain eval spl", "split="),
+    ("mmtrain data ", "download"),
+    ("mmtrain data download --r", "--root"),
+    ("mmtrain report --mark", "--markdown"),
 ])
 def test_shell_completion_routes_through_the_subcommand(tmp_path, line, expected):
     out = run_cli(["-sc", "query=bash"], tmp_path, env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
