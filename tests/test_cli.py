@@ -77,6 +77,7 @@ def test_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
     assert bad.read_bytes().startswith(b"PK")  # left as it was
 
 
+@pytest.mark.slow
 def test_train_then_eval_with_the_installed_command(tmp_path):
     run_dir = tmp_path / "run"
     out = run_cli(["train", *TINY, "logger.tensorboard=true", f"hydra.run.dir={run_dir}"], tmp_path)
@@ -100,6 +101,7 @@ def test_train_then_eval_with_the_installed_command(tmp_path):
         assert result["metrics"][name] == pytest.approx(value, abs=1e-6), name
 
 
+@pytest.mark.slow
 def test_multirun_makes_one_run_dir_per_job(tmp_path):
     sweep = tmp_path / "sweep"
     out = run_cli(["train", "-m", *TINY, "stages.pretrain.epochs=0", "model/fusion=concat,sum",

@@ -65,6 +65,9 @@ def test_weights_and_biases_logs_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     summary = train(make_config("logger=wandb", "logger.tensorboard=false", "test=true"), tmp_path)
+    import wandb
+
+    wandb.teardown()  # what a process exit does: the service writes out what it still holds
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     (records,) = run.glob("run-*.wandb")  # what `wandb sync` uploads: protobuf records
     data = _leveldb_log_payload(records.read_bytes())
