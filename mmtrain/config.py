@@ -8,6 +8,7 @@ anywhere fails at start with the key, the class and the keys it accepts.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import math
@@ -58,9 +59,15 @@ class TrainerConfig:
     max_nonfinite_steps: int = 20
     """Steps with a non-finite gradient are skipped; this many in a row stop the run."""
     log_every_n_steps: int = 10
+    num_threads: Optional[int] = None
+    """CPU threads for torch ops; null: OMP_NUM_THREADS if set, else the cores this process may
+    use (its CPU affinity) divided among torchrun's processes on the machine."""
+    max_epochs: Optional[int] = None
+    """Cap every stage at this many epochs (+debug=fast sets 1); null: each stage's own."""
     limit_train_batches: Optional[int] = None
     """Stop each epoch after this many batches (smoke tests, benchmarks)."""
     limit_eval_batches: Optional[int] = None
+    """Validation (and the final test) on this many batches only: smoke tests, +debug=fast."""
     resume: Any = False
     """false, true (the run dir's newest last.pt) or a checkpoint path."""
     deterministic: bool = False
@@ -92,6 +99,11 @@ class StageConfig:
     monitor_mode: Optional[str] = None
     """max or min: whether a larger monitor value is better; null infers it (min for a
     *loss metric, else the task's own)."""
+    patience: Optional[int] = None
+    """Early stopping: end the stage after this many epochs without the monitor improving by
+    more than `min_delta`; null trains every epoch."""
+    min_delta: float = 0.0
+    """The smallest change of the monitor that counts as an improvement for `patience`."""
 
 
 @dataclass
@@ -102,8 +114,33 @@ class ModelConfig:
 
 
 @dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "mmtrain"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    """Runs of one sweep share a group in the W&B UI, e.g. logger.wandb.group=fusions."""
+    tags: List[str] = field(default_factory=list)
+    mode: Optional[str] = None
+    """online, offline (sync later with `wandb sync`) or disabled; null: $WANDB_MODE, else online."""
+
+
+@dataclass
+class MlflowConfig:
+    enabled: bool = False
+    tracking_uri: Optional[str] = None
+    """A server (http://...), sqlite:///mlflow.db, or a local file store (file:/path/mlruns, no
+    server needed); null: $MLFLOW_TRACKING_URI, else ./mlruns where the run was started."""
+    experiment: str = "mmtrain"
+
+
+@dataclass
 class LoggerConfig:
+    """log.jsonl and metrics.csv are always written; these add the other backends."""
+
     tensorboard: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass
@@ -120,6 +157,8 @@ class TrainConfig:
     """Experiment name: the run dir is outputs/<name>/<timestamp>."""
     test: bool = True
     """Evaluate the final model on the test split when training ends."""
+    print_config: bool = True
+    """Log the composed config (YAML) at start, to the console and train.log."""
 
 
 @dataclass
@@ -289,9 +328,12 @@ def check_targets(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
             if str(key).startswith("_"):
                 continue
             if key not in params:
-                accepted = ", ".join(n for n in params if n not in ("self",)) or "nothing"
+                names = [n for n in params if n not in ("self",)]
+                guess = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+                hint = f" did you mean {path}.{guess[0]}?" if guess else ""
                 raise ConfigError(
-                    f"{path}.{key}: '{node._target_}' has no option '{key}' (it accepts: {accepted})"
+                    f"{path}.{key}: '{node._target_}' has no option '{key}' (it accepts: "
+                    f"{', '.join(names) or 'nothing'}){hint}"
                 )
 
 
@@ -315,6 +357,10 @@ def check_train_config(cfg: DictConfig) -> None:
     for name, stage in cfg.stages.items():
         if stage.epochs < 0:
             raise ConfigError(f"stages.{name}.epochs={stage.epochs} must be >= 0")
+        if stage.patience is not None and stage.patience < 1:
+            raise ConfigError(f"stages.{name}.patience={stage.patience} must be >= 1 (null: no early stop)")
+        if stage.min_delta < 0:
+            raise ConfigError(f"stages.{name}.min_delta={stage.min_delta} must be >= 0")
     if cfg.trainer.batch_size < 1 or (cfg.trainer.eval_batch_size or 1) < 1:
         raise ConfigError("trainer.batch_size and trainer.eval_batch_size must be >= 1")
     if cfg.trainer.accumulate_grad_batches < 1:
@@ -322,6 +368,11 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.trainer.contrastive_accumulation not in CONTRASTIVE_ACCUMULATION:
         raise ConfigError(f"trainer.contrastive_accumulation={cfg.trainer.contrastive_accumulation!r} "
                           f"is not one of {', '.join(CONTRASTIVE_ACCUMULATION)}")
+    for key in ("num_threads", "max_epochs", "limit_train_batches", "limit_eval_batches"):
+        if cfg.trainer[key] is not None and cfg.trainer[key] < 1:
+            raise ConfigError(f"trainer.{key}={cfg.trainer[key]} must be >= 1 (null: no limit / the default)")
+    if cfg.logger.wandb.mode not in (None, "online", "offline", "disabled"):
+        raise ConfigError(f"logger.wandb.mode={cfg.logger.wandb.mode!r}: choose online, offline or disabled")
     if cfg.trainer.max_nonfinite_steps < 1:
         raise ConfigError("trainer.max_nonfinite_steps must be >= 1")
     check_values(cfg)

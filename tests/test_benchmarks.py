@@ -17,7 +17,7 @@ def test_bench_overhead_times_mmtrain_against_the_minimal_loop():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_overhead.py"), "--rounds", "2",
                           "--steps", "3", "--device", "cpu", "--no-lightning", *TINY],
-                         capture_output=True, text=True, timeout=240, env=env)
+                         capture_output=True, text=True, timeout=1200, env=env)
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()
             if line.startswith(("minimal ", "mmtrain "))}
