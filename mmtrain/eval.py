@@ -69,7 +69,7 @@ def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto"
     precision = resolve_precision(precision or trained.get("precision", "32"), dev)
     batch_size = batch_size or trained.get("eval_batch_size") or 2 * trained.get("batch_size", 128)
     data = data_lib.build(cfg.data, tokenizer=TextTokenizer.from_json(ckpt["tokenizer"]))
-    model = build_model(cfg.model, data.info)
+    model = build_model(cfg.model, data.info, architecture=ckpt["config"].get("architecture"))
     stages = {s.name: s for s in build_tasks(cfg, model, data.info)}
     if ckpt["stage"] not in stages:
         raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")

@@ -177,7 +177,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.trainer import Trainer, evaluate
     from mmtrain.data.loader import make_loader
-    from mmtrain.models.model import build_model
+    from mmtrain.models.model import build_model, model_tokenizer
 
     resume_path = prepare_run_dir(cfg, run_dir)
     distributed.barrier()  # every rank has looked before rank 0 writes a checkpoint
@@ -201,14 +201,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
-    tokenizer = TextTokenizer.from_json(resume["tokenizer"]) if resume else None
+    # A resumed run keeps its checkpoint's tokenizer; a pretrained text encoder brings its own.
+    tokenizer = TextTokenizer.from_json(resume["tokenizer"]) if resume else model_tokenizer(cfg.model, cfg.data)
     first = distributed.rank() == 0
     if not first:  # rank 0 downloads, extracts and fills the caches; the others then read them
         distributed.barrier()
     data = data_lib.build(cfg.data, tokenizer=tokenizer)
     if first:
         distributed.barrier()
-    model = build_model(cfg.model, data.info)
+    model = build_model(cfg.model, data.info,
+                        architecture=resume["config"].get("architecture") if resume else None)
+    # Checkpoints carry what rebuilds the pretrained encoders offline (eval, resume).
+    container["architecture"] = model.architecture()
     stages = build_tasks(cfg, model, data.info)
     main_rank = distributed.rank() == 0
     logger = MetricLogger(run_dir, tensorboard=cfg.logger.tensorboard, enabled=main_rank)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import hydra.utils
 import torch
 from torch import nn
 
 from mmtrain.config import instantiate
 from mmtrain.data import DataInfo
+from mmtrain.data.tokenizer import TOKENIZER_OPTIONS, TextTokenizer
 from mmtrain.errors import ConfigError
 from mmtrain.models import EncoderOutput
 
@@ -31,6 +33,12 @@ class MultimodalModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.register_buffer("image_mean", torch.tensor(list(image_mean)).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(list(image_std)).view(1, -1, 1, 1), persistent=False)
+
+    def architecture(self) -> dict[str, dict[str, Any]]:
+        """Per encoder, the constructor arguments that rebuild it offline (see `build_model`)."""
+        return {name: enc.architecture() for name, enc in
+                (("image_encoder", self.image_encoder), ("text_encoder", self.text_encoder))
+                if hasattr(enc, "architecture")}
 
     def encode_image(self, image: torch.Tensor) -> EncoderOutput:
         x = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
@@ -107,11 +115,30 @@ def drop_modalities(batch: dict[str, torch.Tensor], p: float,
     return out
 
 
-def build_model(cfg: Any, info: DataInfo) -> MultimodalModel:
-    """Instantiate the encoders from their configs, then a fusion that fits their widths."""
+def model_tokenizer(cfg: Any, data_cfg: Any) -> TextTokenizer | None:
+    """The tokenizer a text encoder brings (a pretrained model's own), or None when the data
+    fits one. Such an encoder class defines `load_tokenizer(**its config, max_length=...)`."""
+    load = getattr(hydra.utils.get_class(str(cfg.text_encoder._target_)), "load_tokenizer", None)
+    if load is None:
+        return None
+    options = data_cfg.get("tokenizer_options") or {}
+    max_length = int(options.get("max_length") or TOKENIZER_OPTIONS["max_length"])
+    kwargs = {str(k): v for k, v in cfg.text_encoder.items() if not str(k).startswith("_")}
+    return load(max_length=max_length, **kwargs)
+
+
+def build_model(cfg: Any, info: DataInfo, architecture: dict[str, dict[str, Any]] | None = None
+                ) -> MultimodalModel:
+    """Instantiate the encoders from their configs, then a fusion that fits their widths.
+
+    `architecture` (a checkpoint's `MultimodalModel.architecture()`) rebuilds pretrained
+    encoders from what the checkpoint stored, without their weight files or the hub.
+    """
+    architecture = architecture or {}
     image_encoder = instantiate(cfg.image_encoder, in_channels=info.image_channels,
-                                 image_size=info.image_size)
-    text_encoder = instantiate(cfg.text_encoder, vocab_size=info.vocab_size, pad_id=info.pad_id)
+                                 image_size=info.image_size, **architecture.get("image_encoder", {}))
+    text_encoder = instantiate(cfg.text_encoder, vocab_size=info.vocab_size, pad_id=info.pad_id,
+                               **architecture.get("text_encoder", {}))
     for name, enc in (("image_encoder", image_encoder), ("text_encoder", text_encoder)):
         if not isinstance(getattr(enc, "out_dim", None), int):
             raise ConfigError(f"model.{name}: {type(enc).__name__} must set an integer `out_dim`")
