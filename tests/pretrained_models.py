@@ -6,8 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
+from mmtrain.config import register_schemas
 from mmtrain.data.synthetic import COLOURS, POSITIONS, SHAPES, SIZES, TEMPLATES
+from mmtrain.train import config_dir
+from tests.trainer_utils import TINY
 
 WORDS = sorted({w for t in TEMPLATES for w in t.replace("{", " ").replace("}", " ").split()}
                | set(COLOURS) | set(SHAPES) | set(SIZES) | {w for p in POSITIONS for w in p.split()})
@@ -38,3 +43,33 @@ def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+TIMM_VIT = "vit_tiny_patch16_224"
+TIMM_VIT_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "img_size": 16}
+
+
+def save_tiny_timm_vit(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A 2-block, 32-wide timm ViT (with its classifier, as timm publishes them) saved to `path`
+    (.safetensors or a torch file); returns its state dict."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    state = timm.create_model(TIMM_VIT, num_classes=7, **TIMM_VIT_KWARGS).state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(state, path)
+    else:
+        torch.save(state, path)
+    return state
+
+
+def pretrained_config(*overrides: str) -> DictConfig:
+    """The trainer tests' tiny run, without the widths of the encoders `overrides` swap out."""
+    swapped = [group.split("=")[0].replace("model/", "model.") + "." for group in overrides
+               if group.startswith(("model/image_encoder=", "model/text_encoder="))]
+    tiny = [o for o in TINY if not o.startswith(tuple(swapped))]
+    register_schemas()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=[*tiny, *overrides])

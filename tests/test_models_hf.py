@@ -12,8 +12,8 @@ from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.train import train
 from tests.conftest import run_cli
-from tests.pretrained_models import save_tiny_bert
-from tests.trainer_utils import TINY, assert_same_weights, make_config, one_thread  # noqa: F401
+from tests.pretrained_models import pretrained_config, save_tiny_bert
+from tests.trainer_utils import assert_same_weights, one_thread  # noqa: F401 (autouse fixture)
 
 SAVE_ALL = ["trainer.deterministic=true", "trainer.checkpoint.every_n_steps=1",
             "trainer.checkpoint.keep_last=99"]
@@ -26,21 +26,12 @@ def hf_overrides(folder: Path, *extra: str) -> list[str]:
 
 
 def hf_config(folder: Path, *extra: str):
-    cfg = make_config(*hf_overrides(folder, *extra))
-    return cfg
+    return pretrained_config(*hf_overrides(folder, *extra))
 
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
-
-
-def _without_text_widths(cfg_overrides: list[str]) -> list[str]:
-    return [o for o in cfg_overrides if not o.startswith("model.text_encoder.")]
-
-
-# make_config applies TINY, whose GRU widths the hf encoder does not accept.
-TINY[:] = _without_text_widths(TINY)
 
 
 def test_hf_encoder_holds_the_saved_weights_bit_for_bit(bert):
@@ -126,6 +117,7 @@ def test_checkpoint_evaluates_without_the_model_folder_and_resumes_exactly(bert,
     (lambda tmp: tmp / "no-such-model", "no-such-model: no such folder"),
     (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "cannot load its tokenizer"),
 ])
+@pytest.mark.slow
 def test_a_missing_or_unusable_model_folder_is_one_line_and_exit_2(tmp_path, make, needle):
     folder = make(tmp_path)
     out = run_cli(["train", "model/text_encoder=hf", f"model.text_encoder.name={folder}"], tmp_path,
@@ -135,6 +127,7 @@ def test_a_missing_or_unusable_model_folder_is_one_line_and_exit_2(tmp_path, mak
     assert needle in lines[0]
 
 
+@pytest.mark.slow
 def test_weights_of_another_architecture_are_one_line_and_exit_2(bert, tmp_path):
     from transformers import BertConfig, BertModel
 

@@ -32,6 +32,8 @@ TINY = {
         "resnet50": ["dim=32"],
         "vit_tiny": ["dim=32", "depth=2", "heads=2"],
         "vit_b_16": [],
+        "timm": ["name=vit_tiny_patch16_224", "pretrained=false",
+                 "model_kwargs={embed_dim:32,depth:1,num_heads:2,patch_size:4,img_size:16}"],
     },
     "model/text_encoder": {
         "bow": ["dim=32"],

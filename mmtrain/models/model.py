@@ -144,8 +144,11 @@ def build_model(cfg: Any, info: DataInfo, architecture: dict[str, dict[str, Any]
             raise ConfigError(f"model.{name}: {type(enc).__name__} must set an integer `out_dim`")
     fusion = instantiate(cfg.fusion, image_dim=image_encoder.out_dim, text_dim=text_encoder.out_dim)
     channels = info.image_channels
-    mean = list(info.image_mean) * (channels // len(info.image_mean))
-    std = list(info.image_std) * (channels // len(info.image_std))
+    # A pretrained encoder normalizes as it was trained (timm's mean/std), not as the data says.
+    image_mean = getattr(image_encoder, "image_mean", info.image_mean)
+    image_std = getattr(image_encoder, "image_std", info.image_std)
+    mean = list(image_mean) * (channels // len(image_mean))
+    std = list(image_std) * (channels // len(image_std))
     return MultimodalModel(image_encoder, text_encoder, fusion, mean, std)
 
 

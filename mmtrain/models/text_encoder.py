@@ -211,12 +211,12 @@ class HFTextEncoder(nn.Module):
         return {"model_config": self.hf_config.to_json_string(use_diff=False), "pretrained": False}
 
     def layer_ids(self) -> dict[str, int]:
-        """Parameter name -> depth for layer-wise lr decay: embeddings 0, block i -> i + 1,
-        everything after the blocks (final norm, pooler, projection) depth + 1."""
+        """Parameter name -> depth for layer-wise lr decay, as timm groups its models: embeddings
+        0, block i -> i + 1, and what follows the last block (final norm, pooler) with it."""
         ids = {}
         for name, _ in self.named_parameters():
             block = _BLOCK.search(name)
-            ids[name] = int(block.group(1)) + 1 if block else 0 if "embed" in name else self.depth + 1
+            ids[name] = int(block.group(1)) + 1 if block else 0 if "embed" in name else self.depth
         return ids
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
