@@ -163,7 +163,8 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
         stages.append(Stage(name=str(name), task=task, epochs=stage_cfg.epochs,
                             freeze=list(stage_cfg.freeze), lr=stage_cfg.lr,
                             lr_scale=dict(stage_cfg.lr_scale),
-                            monitor=monitor, monitor_mode=_monitor_mode(name, stage_cfg, task, monitor)))
+                            monitor=monitor, monitor_mode=_monitor_mode(name, stage_cfg, task, monitor),
+                            layer_decay=stage_cfg.layer_decay))
     return stages
 
 
@@ -176,6 +177,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from mmtrain.engine.logger import MetricLogger
     from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.trainer import Trainer, evaluate
+    from mmtrain.engine.transfer import find_init_checkpoint, load_modules
     from mmtrain.data.loader import make_loader
     from mmtrain.models.model import build_model, model_tokenizer
 
@@ -201,8 +203,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
-    # A resumed run keeps its checkpoint's tokenizer; a pretrained text encoder brings its own.
+    init_path = find_init_checkpoint(cfg.init_from) if cfg.init_from and resume is None else None
+    init = load_checkpoint(init_path) if init_path else None
+    # A resumed run keeps its checkpoint's tokenizer; a pretrained text encoder brings its own;
+    # a text encoder taken over by init_from keeps the vocabulary its embeddings were trained on.
     tokenizer = TextTokenizer.from_json(resume["tokenizer"]) if resume else model_tokenizer(cfg.model, cfg.data)
+    init_modules = container["init_modules"]
+    if tokenizer is None and init is not None and "text_encoder" in (init_modules or ["text_encoder"]):
+        tokenizer = TextTokenizer.from_json(init["tokenizer"])
     first = distributed.rank() == 0
     if not first:  # rank 0 downloads, extracts and fills the caches; the others then read them
         distributed.barrier()
@@ -214,6 +222,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # Checkpoints carry what rebuilds the pretrained encoders offline (eval, resume).
     container["architecture"] = model.architecture()
     stages = build_tasks(cfg, model, data.info)
+    transferred = None
+    if init is not None:
+        loaded, skipped = load_modules(model, init["model"], init_modules, init_path)
+        transferred = {"checkpoint": str(init_path), "loaded": loaded, "skipped": skipped}
+        log.info("init_from %s: loaded %s%s", init_path, ", ".join(loaded),
+                 "".join(f"; skipped {n} ({why})" for n, why in skipped.items()))
     main_rank = distributed.rank() == 0
     logger = MetricLogger(run_dir, tensorboard=cfg.logger.tensorboard, enabled=main_rank)
     n_params = sum(p.numel() for p in model.parameters())
@@ -235,6 +249,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     final = stages[-1]
     summary: dict[str, Any] = {"stages": results, "run_dir": str(run_dir)}
+    if transferred is not None:
+        summary["init_from"] = transferred
     if not main_rank:  # rank 0 tests, writes metrics.json and prints
         return summary
     best_path = trainer.checkpoint_path(final.name, "best")

@@ -52,6 +52,7 @@ class Stage:
     lr_scale: dict[str, float]
     monitor: str
     monitor_mode: str
+    layer_decay: float | None = None
 
 
 @dataclass
@@ -154,7 +155,7 @@ class Trainer:
     def _run_stage(self, stage: Stage, pos: Position, results: dict[str, dict]) -> dict:
         set_frozen(self.model, stage.freeze)
         optimizer = build_optimizer(self.optimizer_cfg, self.model, lr=stage.lr, lr_scale=stage.lr_scale,
-                                    device=self.device)
+                                    device=self.device, layer_decay=stage.layer_decay)
         accumulate = self.cfg.accumulate_grad_batches
         batches = self.train_loader.sampler.per_rank // self.cfg.batch_size
         if batches // accumulate == 0:  # drop_last would leave the epoch without a full step

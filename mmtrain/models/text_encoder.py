@@ -195,8 +195,9 @@ class HFTextEncoder(nn.Module):
                               f"this model's own tokenizer")
         self.max_positions = getattr(text_config, "max_position_embeddings", None)
         self.depth = int(getattr(text_config, "num_hidden_layers", 0) or 0)
-        if grad_checkpointing:
-            self.net.gradient_checkpointing_enable()
+        if grad_checkpointing:  # renamed in transformers 5; the old name warns there
+            enable = getattr(self.net, "activation_checkpointing_enable", None)
+            (enable or self.net.gradient_checkpointing_enable)()
         width = int(getattr(text_config, "hidden_size", 0) or getattr(text_config, "dim"))
         self.proj = nn.Linear(width, dim) if dim else nn.Identity()
         self.out_dim = dim or width
