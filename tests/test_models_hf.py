@@ -156,3 +156,21 @@ def test_weights_missing_layers_are_refused_not_left_at_random_init(bert, tmp_pa
               metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"do not fit its config.json \(16 tensors missing"):
         HFTextEncoder(str(other), vocab_size=10)
+
+
+def test_the_tokenized_text_cache_keeps_the_fitted_and_the_models_tokens_apart(bert, tmp_path):
+    from mmtrain.data.mnist_imdb import build_mnist_imdb
+    from mmtrain.data.tokenizer import pretrained_tokenizer
+    from tests.data_helpers import mnist_imdb_fixture
+
+    root = mnist_imdb_fixture(tmp_path / "data", n_train=60, n_test=20, n_reviews=20)
+    options = {"max_length": 24}
+    fitted = build_mnist_imdb(str(root), tokenizer_options=options)
+    own = pretrained_tokenizer(str(bert), 24)
+    first = build_mnist_imdb(str(root), tokenizer=own)
+    again = build_mnist_imdb(str(root), tokenizer=pretrained_tokenizer(str(bert), 24))
+    entries = sorted(p.name.split("-")[2] for p in (root / ".mmtrain_cache").glob("imdb-aclimdb-tokens-*"))
+    assert len(entries) == 2, entries
+    assert (first.train.ids[:, 0] == own.bos_id).all()            # [CLS] opens every review
+    assert not (fitted.train.ids[:, 0] == own.bos_id).all()
+    assert torch.equal(again.train.ids, first.train.ids)
