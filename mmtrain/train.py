@@ -168,8 +168,33 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
     return stages
 
 
+def _command_line_keys() -> set[str]:
+    """Keys set on the command line of this Hydra job (none outside one, e.g. the Python API)."""
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+
+
+def follow_pretrained_input_size(cfg: DictConfig) -> None:
+    """data.image_size becomes a pretrained image encoder's input size, unless the command line
+    sets it: transfer works best at the resolution the weights were trained at."""
+    from mmtrain.models.model import model_data_config
+
+    size = model_data_config(cfg.model).get("image_size")
+    if size is None or "image_size" not in cfg.data or cfg.data.image_size == size:
+        return
+    if "data.image_size" in _command_line_keys():
+        log.info("data.image_size=%s as set, although the image encoder was pretrained at %d px",
+                 cfg.data.image_size, size)
+        return
+    log.info("data.image_size: %s -> %d, the image encoder's pretraining size (set data.image_size "
+             "on the command line to keep another)", cfg.data.image_size, size)
+    cfg.data.image_size = size
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_train_config(cfg)
+    follow_pretrained_input_size(cfg)
     from mmtrain import data as data_lib
     from mmtrain.data.tokenizer import TextTokenizer
     from mmtrain.engine import distributed

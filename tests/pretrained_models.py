@@ -46,7 +46,12 @@ def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
 
 
 TIMM_VIT = "vit_tiny_patch16_224"
-TIMM_VIT_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "img_size": 16}
+# Pretrained "at 16 px" (the overlay), so a run's data follows it to 16 px, not timm's 224.
+TIMM_VIT_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "img_size": 16,
+                   "pretrained_cfg_overlay": {"input_size": (3, 16, 16)}}
+TIMM_VIT_OVERRIDES = [f"model.image_encoder.name={TIMM_VIT}",
+                      "model.image_encoder.model_kwargs={embed_dim:32,depth:2,num_heads:2,patch_size:4,"
+                      "img_size:16,pretrained_cfg_overlay:{input_size:[3,16,16]}}"]
 
 
 def save_tiny_timm_vit(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -11,8 +11,8 @@ import torch
 from mmtrain.engine.checkpoint import atomic_save, load_checkpoint
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.train import train
-from tests.pretrained_models import (TIMM_VIT, TIMM_VIT_KWARGS, pretrained_config, save_tiny_bert,
-                                     save_tiny_timm_vit)
+from tests.pretrained_models import (TIMM_VIT, TIMM_VIT_KWARGS, TIMM_VIT_OVERRIDES, pretrained_config,
+                                     save_tiny_bert, save_tiny_timm_vit)
 from tests.trainer_utils import make_config, one_thread  # noqa: F401 (autouse fixture)
 
 EVAL_ONLY = ["stages.pretrain.epochs=0", "stages.finetune.epochs=0"]
@@ -90,10 +90,8 @@ def _tiny_pretrained_model(tmp_path: Path):
 
     save_tiny_timm_vit(tmp_path / "vit.pth")
     bert = save_tiny_bert(tmp_path / "bert")
-    kwargs = "{" + ",".join(f"{k}:{v}" for k, v in TIMM_VIT_KWARGS.items()) + "}"
-    cfg = pretrained_config("model/image_encoder=timm", f"model.image_encoder.name={TIMM_VIT}",
-                            f"model.image_encoder.pretrained={tmp_path / 'vit.pth'}",
-                            f"model.image_encoder.model_kwargs={kwargs}", "data.image_size=16",
+    cfg = pretrained_config("model/image_encoder=timm", *TIMM_VIT_OVERRIDES,
+                            f"model.image_encoder.pretrained={tmp_path / 'vit.pth'}", "data.image_size=16",
                             "model/text_encoder=hf", f"model.text_encoder.name={bert}",
                             "data.tokenizer_options.max_length=24")
     data = data_lib.build(cfg.data, tokenizer=model_tokenizer(cfg.model, cfg.data))
@@ -144,10 +142,8 @@ def test_layer_decay_without_a_layered_tower_is_refused():
 def test_lit_a_locked_pretrained_image_tower_stays_bit_identical_while_the_text_trains(tmp_path):
     save_tiny_timm_vit(tmp_path / "vit.pth")
     bert = save_tiny_bert(tmp_path / "bert")
-    kwargs = "{" + ",".join(f"{k}:{v}" for k, v in TIMM_VIT_KWARGS.items()) + "}"
-    cfg = pretrained_config("model/image_encoder=timm", f"model.image_encoder.name={TIMM_VIT}",
-                            f"model.image_encoder.pretrained={tmp_path / 'vit.pth'}",
-                            f"model.image_encoder.model_kwargs={kwargs}", "data.image_size=16",
+    cfg = pretrained_config("model/image_encoder=timm", *TIMM_VIT_OVERRIDES,
+                            f"model.image_encoder.pretrained={tmp_path / 'vit.pth'}", "data.image_size=16",
                             "model/text_encoder=hf", f"model.text_encoder.name={bert}",
                             "data.tokenizer_options.max_length=24", "~stages.finetune",
                             "stages.pretrain.freeze=[image_encoder]", "stages.pretrain.layer_decay=0.75")

@@ -216,7 +216,8 @@ class TimmEncoder(nn.Module):
                               f"(list them with timm.list_models('*{name.split('.')[0][:6]}*'))")
         kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels, **(model_kwargs or {})}
         if isinstance(pretrained, str) and pretrained.lower() not in ("true", "false"):
-            kwargs["pretrained_cfg_overlay"] = {"state_dict": _local_weights(pretrained)}
+            kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}),
+                                                "state_dict": _local_weights(pretrained)}
             pretrained = True
         pretrained = pretrained is True or str(pretrained).lower() == "true"
         try:
@@ -246,6 +247,20 @@ class TimmEncoder(nn.Module):
         self.out_dim = dim or width
         self.prefix_tokens = int(getattr(self.net, "num_prefix_tokens", 0))
         self.channels_last_output = getattr(self.net, "output_fmt", "NCHW") == "NHWC"
+
+    @staticmethod
+    def data_config(name: str, pretrained: Union[bool, str] = False,
+                    model_kwargs: Optional[dict[str, Any]] = None, **_: Any) -> dict[str, Any]:
+        """The input size the weights were trained at (timm's pretrained config, with the
+        model_kwargs' pretrained_cfg_overlay), for the data to follow; {} for random weights."""
+        if pretrained is False or str(pretrained).lower() == "false":
+            return {}
+        from timm.models import get_pretrained_cfg
+
+        known = get_pretrained_cfg(name)
+        overlay = dict((model_kwargs or {}).get("pretrained_cfg_overlay") or {})
+        size = overlay.get("input_size", known.input_size if known is not None else None)
+        return {"image_size": int(size[-1])} if size else {}
 
     @staticmethod
     def _per_channel(config: dict[str, Any], channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

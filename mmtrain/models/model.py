@@ -6,6 +6,7 @@ from typing import Any, Iterable
 
 import hydra.utils
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from mmtrain.config import instantiate
@@ -125,6 +126,16 @@ def model_tokenizer(cfg: Any, data_cfg: Any) -> TextTokenizer | None:
     max_length = int(options.get("max_length") or TOKENIZER_OPTIONS["max_length"])
     kwargs = {str(k): v for k, v in cfg.text_encoder.items() if not str(k).startswith("_")}
     return load(max_length=max_length, **kwargs)
+
+
+def model_data_config(cfg: Any) -> dict[str, Any]:
+    """Data settings a pretrained image encoder was trained with (e.g. {"image_size": 224});
+    such an encoder class defines `data_config(**its config)`."""
+    hook = getattr(hydra.utils.get_class(str(cfg.image_encoder._target_)), "data_config", None)
+    if hook is None:
+        return {}
+    kwargs = {str(k): v for k, v in cfg.image_encoder.items() if not str(k).startswith("_")}
+    return hook(**OmegaConf.to_container(OmegaConf.create(kwargs), resolve=True))
 
 
 def build_model(cfg: Any, info: DataInfo, architecture: dict[str, dict[str, Any]] | None = None
