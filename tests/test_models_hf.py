@@ -174,3 +174,34 @@ def test_the_tokenized_text_cache_keeps_the_fitted_and_the_models_tokens_apart(b
     assert (first.train.ids[:, 0] == own.bos_id).all()            # [CLS] opens every review
     assert not (fitted.train.ids[:, 0] == own.bos_id).all()
     assert torch.equal(again.train.ids, first.train.ids)
+
+
+def test_a_hub_id_is_handed_to_transformers_own_from_pretrained(bert, monkeypatch):
+    """pretrained=true resolves hub ids through transformers (its cache, HF_HUB_OFFLINE), never
+    through a download of ours: the id reaches from_pretrained untouched."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from mmtrain.data.tokenizer import pretrained_tokenizer
+    from mmtrain.models.text_encoder import HFTextEncoder
+
+    asked = []
+    real_model, real_tokenizer = AutoModel.from_pretrained, AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoModel, "from_pretrained",
+                        lambda name, **kw: asked.append(name) or real_model(bert, **kw))
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
+                        lambda name, **kw: asked.append(name) or real_tokenizer(bert, **kw))
+    HFTextEncoder("sentence-transformers/all-MiniLM-L6-v2", vocab_size=10)
+    HFTextEncoder.load_tokenizer("bert-base-uncased", max_length=16)
+    assert asked == ["sentence-transformers/all-MiniLM-L6-v2", "bert-base-uncased"]
+
+
+def test_an_uncached_hub_id_offline_is_one_clear_line(monkeypatch, tmp_path):
+    from mmtrain.errors import ConfigError
+    from mmtrain.models.model import model_tokenizer
+    from tests.conftest import compose_train
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    cfg = compose_train(["model/text_encoder=hf", "model.text_encoder.name=nobody/no-such-model"])
+    with pytest.raises(ConfigError, match="model.text_encoder.name=nobody/no-such-model: cannot load its tokenizer"):
+        model_tokenizer(cfg.model, cfg.data)

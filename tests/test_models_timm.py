@@ -119,3 +119,16 @@ def test_the_data_follows_the_pretrained_input_size_unless_the_command_line_sets
     monkeypatch.setattr(mmtrain.train, "_command_line_keys", lambda: {"data.image_size"})
     mmtrain.train.follow_pretrained_input_size(cfg)
     assert cfg.data.image_size == 24
+
+
+def test_pretrained_true_is_timms_own_resolution(monkeypatch):
+    """pretrained=true hands the name to timm.create_model(pretrained=True): timm resolves the
+    weights (hub, cache, HF_HUB_OFFLINE), mmtrain downloads nothing itself."""
+    import timm
+
+    asked = []
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: asked.append(
+        (name, pretrained, "pretrained_cfg_overlay" in kw)) or real(name, pretrained=False, **kw))
+    TimmEncoder("resnet18.a1_in1k", image_size=32, pretrained=True)
+    assert asked == [("resnet18.a1_in1k", True, False)]
