@@ -91,11 +91,11 @@ def pretrained_tokenizer(name: str, max_length: int, what: str = "model.text_enc
     if isinstance(limit, int) and max_length > limit:
         raise ConfigError(f"data.tokenizer_options.max_length={max_length} is longer than {name} "
                           f"accepts ({limit} tokens): lower it")
-    pad = hf.pad_token or hf.eos_token
-    specials = {"pad": pad, "unk": hf.unk_token or pad, "bos": hf.cls_token or hf.bos_token or pad,
-                "eos": hf.sep_token or hf.eos_token or pad}
+    pad = hf.pad_token or hf.eos_token  # GPT-style tokenizers pad with their eos token
     if pad is None:
         raise ConfigError(f"{what}.name={name}: its tokenizer has neither a pad nor an eos token")
+    specials = {"pad": pad, "unk": hf.unk_token or pad, "bos": hf.cls_token or hf.bos_token or pad,
+                "eos": hf.sep_token or hf.eos_token or pad}
     # A copy of the backend, so its truncation/padding settings are ours alone.
     return TextTokenizer(Tokenizer.from_str(hf.backend_tokenizer.to_str()), max_length, specials)
 

@@ -116,26 +116,29 @@ def drop_modalities(batch: dict[str, torch.Tensor], p: float,
     return out
 
 
+def _encoder_hook(node: Any, hook: str) -> tuple[Any, dict[str, Any]]:
+    """An encoder class's static `hook` (None when it has none) and its config as plain kwargs:
+    what the pretrained encoders tell the data before any model is built."""
+    function = getattr(hydra.utils.get_class(str(node._target_)), hook, None)
+    kwargs = {str(k): v for k, v in node.items() if not str(k).startswith("_")}
+    return function, OmegaConf.to_container(OmegaConf.create(kwargs), resolve=True)
+
+
 def model_tokenizer(cfg: Any, data_cfg: Any) -> TextTokenizer | None:
     """The tokenizer a text encoder brings (a pretrained model's own), or None when the data
     fits one. Such an encoder class defines `load_tokenizer(**its config, max_length=...)`."""
-    load = getattr(hydra.utils.get_class(str(cfg.text_encoder._target_)), "load_tokenizer", None)
+    load, kwargs = _encoder_hook(cfg.text_encoder, "load_tokenizer")
     if load is None:
         return None
     options = data_cfg.get("tokenizer_options") or {}
-    max_length = int(options.get("max_length") or TOKENIZER_OPTIONS["max_length"])
-    kwargs = {str(k): v for k, v in cfg.text_encoder.items() if not str(k).startswith("_")}
-    return load(max_length=max_length, **kwargs)
+    return load(max_length=int(options.get("max_length") or TOKENIZER_OPTIONS["max_length"]), **kwargs)
 
 
 def model_data_config(cfg: Any) -> dict[str, Any]:
     """Data settings a pretrained image encoder was trained with (e.g. {"image_size": 224});
     such an encoder class defines `data_config(**its config)`."""
-    hook = getattr(hydra.utils.get_class(str(cfg.image_encoder._target_)), "data_config", None)
-    if hook is None:
-        return {}
-    kwargs = {str(k): v for k, v in cfg.image_encoder.items() if not str(k).startswith("_")}
-    return hook(**OmegaConf.to_container(OmegaConf.create(kwargs), resolve=True))
+    data_config, kwargs = _encoder_hook(cfg.image_encoder, "data_config")
+    return data_config(**kwargs) if data_config is not None else {}
 
 
 def build_model(cfg: Any, info: DataInfo, architecture: dict[str, dict[str, Any]] | None = None
