@@ -205,3 +205,18 @@ def test_an_uncached_hub_id_offline_is_one_clear_line(monkeypatch, tmp_path):
     cfg = compose_train(["model/text_encoder=hf", "model.text_encoder.name=nobody/no-such-model"])
     with pytest.raises(ConfigError, match="model.text_encoder.name=nobody/no-such-model: cannot load its tokenizer"):
         model_tokenizer(cfg.model, cfg.data)
+
+
+def test_a_checkpoints_stored_architecture_passes_only_the_encoders_own_arguments(bert):
+    from mmtrain import data as data_lib
+    from mmtrain.errors import CheckpointError
+    from mmtrain.models.model import build_model, model_tokenizer
+
+    cfg = hf_config(bert)
+    data = data_lib.build(cfg.data, tokenizer=model_tokenizer(cfg.model, cfg.data))
+    stored = build_model(cfg.model, data.info).architecture()
+    assert set(stored) == {"text_encoder"} and stored["text_encoder"]["pretrained"] is False
+    rebuilt = build_model(cfg.model, data.info, architecture=stored)
+    assert rebuilt.text_encoder.net.config.hidden_size == 32
+    with pytest.raises(CheckpointError, match="stored model.text_encoder has an argument 'command'"):
+        build_model(cfg.model, data.info, architecture={"text_encoder": {"command": "rm -rf /"}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterable
 
 import hydra.utils
@@ -12,7 +13,7 @@ from torch import nn
 from mmtrain.config import instantiate
 from mmtrain.data import DataInfo
 from mmtrain.data.tokenizer import TOKENIZER_OPTIONS, TextTokenizer
-from mmtrain.errors import ConfigError
+from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.models import EncoderOutput
 
 MODALITIES = ("image", "text")
@@ -141,6 +142,18 @@ def model_data_config(cfg: Any) -> dict[str, Any]:
     return data_config(**kwargs) if data_config is not None else {}
 
 
+def _stored(architecture: dict[str, dict[str, Any]] | None, name: str, cfg: Any) -> dict[str, Any]:
+    """A checkpoint's stored constructor arguments for encoder `name`, each one a parameter of
+    the configured class (the checkpoint is read from outside: nothing else is passed on)."""
+    stored = dict((architecture or {}).get(name) or {})
+    accepted = inspect.signature(hydra.utils.get_class(str(cfg[name]._target_))).parameters
+    unknown = [k for k in stored if k not in accepted]
+    if unknown:
+        raise CheckpointError(f"the checkpoint's stored model.{name} has an argument '{unknown[0]}' that "
+                              f"{cfg[name]._target_} does not take: it was saved by another version or model")
+    return stored
+
+
 def build_model(cfg: Any, info: DataInfo, architecture: dict[str, dict[str, Any]] | None = None
                 ) -> MultimodalModel:
     """Instantiate the encoders from their configs, then a fusion that fits their widths.
@@ -148,11 +161,10 @@ def build_model(cfg: Any, info: DataInfo, architecture: dict[str, dict[str, Any]
     `architecture` (a checkpoint's `MultimodalModel.architecture()`) rebuilds pretrained
     encoders from what the checkpoint stored, without their weight files or the hub.
     """
-    architecture = architecture or {}
     image_encoder = instantiate(cfg.image_encoder, in_channels=info.image_channels,
-                                 image_size=info.image_size, **architecture.get("image_encoder", {}))
+                                 image_size=info.image_size, **_stored(architecture, "image_encoder", cfg))
     text_encoder = instantiate(cfg.text_encoder, vocab_size=info.vocab_size, pad_id=info.pad_id,
-                               **architecture.get("text_encoder", {}))
+                               **_stored(architecture, "text_encoder", cfg))
     for name, enc in (("image_encoder", image_encoder), ("text_encoder", text_encoder)):
         if not isinstance(getattr(enc, "out_dim", None), int):
             raise ConfigError(f"model.{name}: {type(enc).__name__} must set an integer `out_dim`")
