@@ -195,6 +195,7 @@ def test_a_hub_id_is_handed_to_transformers_own_from_pretrained(bert, monkeypatc
     assert asked == ["sentence-transformers/all-MiniLM-L6-v2", "bert-base-uncased"]
 
 
+@pytest.mark.slow
 def test_an_uncached_hub_id_offline_is_one_clear_line(monkeypatch, tmp_path):
     from mmtrain.errors import ConfigError
     from mmtrain.models.model import model_tokenizer
