@@ -94,6 +94,9 @@ class StageConfig:
     """This stage's learning rate; null keeps the optimizer config's."""
     lr_scale: Dict[str, float] = field(default_factory=dict)
     """Per-module learning-rate factors, e.g. {image_encoder: 0.1} for a gentle fine-tune."""
+    layer_decay: Optional[float] = None
+    """Layer-wise lr decay over the timm/hf towers (e.g. 0.75): each layer below a tower's top
+    trains at this factor times the lr of the layer above; multiplies with lr_scale."""
     monitor: Optional[str] = None
     """Validation metric that picks best.pt; null uses the task's own."""
     monitor_mode: Optional[str] = None
@@ -159,6 +162,11 @@ class TrainConfig:
     """Evaluate the final model on the test split when training ends."""
     print_config: bool = True
     """Log the composed config (YAML) at start, to the console and train.log."""
+    init_from: Optional[str] = None
+    """Start from an earlier run's weights: an mmtrain checkpoint file or run dir (its newest
+    best.pt). Unlike trainer.resume the config may differ: the modules that fit are loaded."""
+    init_modules: Optional[List[str]] = None
+    """With init_from: the modules to load (e.g. [image_encoder]); null loads every one that fits."""
 
 
 @dataclass
@@ -298,7 +306,7 @@ def _walk_targets(node: Any, path: str):
         for key in node.keys():
             child = node._get_node(key)
             yield from _walk_targets(child, f"{path}.{key}" if path else str(key))
-    elif isinstance(node, ListConfig):
+    elif isinstance(node, ListConfig) and not node._is_none():  # an optional list left at null
         for i, child in enumerate(node):
             yield from _walk_targets(child, f"{path}[{i}]")
 
@@ -376,6 +384,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.trainer.max_nonfinite_steps < 1:
         raise ConfigError("trainer.max_nonfinite_steps must be >= 1")
     check_values(cfg)
+    if cfg.init_modules is not None and not cfg.init_from:
+        raise ConfigError("init_modules names modules to load, but init_from (a checkpoint or run dir) "
+                          "is not set")
     check_targets(cfg)
 
 

@@ -87,7 +87,7 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     caches go, is the user's call alone (`data_overrides`), never the file's."""
     from mmtrain import data as data_lib
     from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
-    from mmtrain.models.model import build_model
+    from mmtrain.models.model import build_model, stored_architecture
 
     ckpt, cfg = load_checkpoint_config(path, allow=allow, trust=trust)
     for key, value in (("download", False), ("cache_dir", None)):
@@ -101,7 +101,7 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     if overrides:
         cfg.data = OmegaConf.merge(cfg.data, overrides)
     data = data_lib.build(cfg.data, tokenizer=checkpoint_tokenizer(ckpt, path))
-    model = build_model(cfg.model, data.info)
+    model = build_model(cfg.model, data.info, architecture=stored_architecture(cfg))
     stages = {s.name: s for s in build_tasks(cfg, model, data.info)}
     if ckpt["stage"] not in stages:
         raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")

@@ -77,7 +77,7 @@ def load_for_inference(path: str | Path, *, device: str = "auto", allow_targets:
     its config may name only mmtrain's own components (mmtrain.trust), as for `mmtrain eval`."""
     from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
     from mmtrain.engine.precision import resolve_device
-    from mmtrain.models.model import build_model
+    from mmtrain.models.model import build_model, stored_architecture
     from mmtrain.train import build_tasks
 
     path = Path(path)
@@ -87,7 +87,7 @@ def load_for_inference(path: str | Path, *, device: str = "auto", allow_targets:
         if isinstance(part, DictConfig) and part.get("pretrained"):
             part.pretrained = None
     info = data_info(ckpt, path, checkpoint_tokenizer(ckpt, path))
-    model = build_model(cfg.model, info)
+    model = build_model(cfg.model, info, architecture=stored_architecture(cfg))
     stages = {s.name: s for s in build_tasks(cfg, model, info)}
     if ckpt["stage"] not in stages:
         raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")

@@ -177,12 +177,38 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
                             freeze=list(stage_cfg.freeze), lr=stage_cfg.lr,
                             lr_scale=dict(stage_cfg.lr_scale),
                             monitor=monitor, monitor_mode=_monitor_mode(name, stage_cfg, task, monitor),
-                            patience=stage_cfg.get("patience"), min_delta=stage_cfg.get("min_delta", 0.0)))
+                            patience=stage_cfg.get("patience"), min_delta=stage_cfg.get("min_delta", 0.0),
+                            layer_decay=stage_cfg.layer_decay))
     return stages
+
+
+def _command_line_keys() -> set[str]:
+    """Keys set on the command line of this Hydra job (none outside one, e.g. the Python API)."""
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+
+
+def follow_pretrained_input_size(cfg: DictConfig) -> None:
+    """data.image_size becomes a pretrained image encoder's input size, unless the command line
+    sets it: transfer works best at the resolution the weights were trained at."""
+    from mmtrain.models.model import model_data_config
+
+    size = model_data_config(cfg.model).get("image_size")
+    if size is None or "image_size" not in cfg.data or cfg.data.image_size == size:
+        return
+    if "data.image_size" in _command_line_keys():
+        log.info("data.image_size=%s as set, although the image encoder was pretrained at %d px",
+                 cfg.data.image_size, size)
+        return
+    log.info("data.image_size: %s -> %d, the image encoder's pretraining size (set data.image_size "
+             "on the command line to keep another)", cfg.data.image_size, size)
+    cfg.data.image_size = size
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_train_config(cfg)
+    follow_pretrained_input_size(cfg)
     if cfg.print_config and int(os.environ.get("RANK", "0")) == 0:
         log.info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True).rstrip())
     from mmtrain import data as data_lib
@@ -192,7 +218,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.threads import set_num_threads
     from mmtrain.engine.trainer import Trainer
-    from mmtrain.models.model import build_model
+    from mmtrain.engine.transfer import find_init_checkpoint, load_modules
+    from mmtrain.models.model import build_model, model_tokenizer
 
     resume_path = prepare_run_dir(cfg, run_dir)
     distributed.barrier()  # every rank has looked before rank 0 writes a checkpoint
@@ -220,15 +247,31 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     threads = set_num_threads(cfg.trainer.num_threads)
     device = resolve_device(cfg.trainer.device)
-    tokenizer = checkpoint_tokenizer(resume, resume_path) if resume else None
+    init_path = find_init_checkpoint(cfg.init_from) if cfg.init_from and resume is None else None
+    init = load_checkpoint(init_path) if init_path else None
+    # A resumed run keeps its checkpoint's tokenizer; a pretrained text encoder brings its own;
+    # a text encoder taken over by init_from keeps the vocabulary its embeddings were trained on.
+    tokenizer = checkpoint_tokenizer(resume, resume_path) if resume else model_tokenizer(cfg.model, cfg.data)
+    init_modules = container["init_modules"]
+    if tokenizer is None and init is not None and "text_encoder" in (init_modules or ["text_encoder"]):
+        tokenizer = checkpoint_tokenizer(init, init_path)
     first = distributed.rank() == 0
     if not first:  # rank 0 downloads, extracts and fills the caches; the others then read them
         distributed.barrier()
     data = data_lib.build(cfg.data, tokenizer=tokenizer)
     if first:
         distributed.barrier()
-    model = build_model(cfg.model, data.info)
+    model = build_model(cfg.model, data.info,
+                        architecture=resume["config"].get("architecture") if resume else None)
+    # Checkpoints carry what rebuilds the pretrained encoders offline (eval, resume).
+    container["architecture"] = model.architecture()
     stages = build_tasks(cfg, model, data.info)
+    transferred = None
+    if init is not None:
+        loaded, skipped = load_modules(model, init["model"], init_modules, init_path)
+        transferred = {"checkpoint": str(init_path), "loaded": loaded, "skipped": skipped}
+        log.info("init_from %s: loaded %s%s", init_path, ", ".join(loaded),
+                 "".join(f"; skipped {n} ({why})" for n, why in skipped.items()))
     main_rank = distributed.rank() == 0
     logger = MetricLogger(run_dir, cfg.logger, enabled=main_rank, name=run_name(run_dir), config=container)
     hparams = hyperparameters(cfg, task_overrides())
@@ -247,7 +290,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                       logger=logger)
     try:
         results = trainer.fit(stages, resume=resume)
-        summary = _test_and_summarize(cfg, run_dir, trainer, stages, results, main_rank)
+        summary = _test_and_summarize(cfg, run_dir, trainer, stages, results, main_rank, transferred)
         logger.log_final(hparams, final_metrics(summary), trainer.global_step,
                          [Path(p) for p in summary.get("artifacts", [])])
     finally:
@@ -256,7 +299,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _test_and_summarize(cfg: DictConfig, run_dir: Path, trainer: Any, stages: list, results: dict,
-                        main_rank: bool) -> dict[str, Any]:
+                        main_rank: bool, transferred: dict[str, Any] | None) -> dict[str, Any]:
     """Rank 0 tests the last stage's best.pt, writes metrics.json and prints the table."""
     from mmtrain.data.loader import make_loader
     from mmtrain.engine import distributed, epoch_log
@@ -266,6 +309,8 @@ def _test_and_summarize(cfg: DictConfig, run_dir: Path, trainer: Any, stages: li
     model, data, device = trainer.model, trainer.data, trainer.device
     final = stages[-1]
     summary: dict[str, Any] = {"stages": results, "run_dir": str(run_dir)}
+    if transferred is not None:
+        summary["init_from"] = transferred
     if not main_rank:  # rank 0 tests, writes metrics.json and prints
         return summary
     best_path = trainer.checkpoint_path(final.name, "best")

@@ -11,6 +11,8 @@ from mmtrain.data import DataInfo
 from mmtrain.models.model import build_model
 from mmtrain.train import build_tasks, config_dir
 from tests.conftest import compose_train
+from tests.pretrained_models import save_tiny_bert
+from tests.zoo import TINY_BERT
 
 CONF = Path(config_dir())
 GROUPS = ["data", "model/image_encoder", "model/text_encoder", "model/fusion", "stages",
@@ -23,7 +25,7 @@ def _options(group: str) -> list[str]:
 
 def _fake_info(cfg) -> DataInfo:
     """Model-building facts for data configs whose files are not on this machine."""
-    return DataInfo(image_channels=3, image_size=32, vocab_size=100, pad_id=0,
+    return DataInfo(image_channels=3, image_size=32, vocab_size=40, pad_id=0,
                     num_classes={"label": 20, "digit": 10, "sentiment": 2},
                     modality_labels={"image": "digit", "text": "sentiment"})
 
@@ -37,10 +39,21 @@ def test_every_group_has_options():
         assert _options(group), f"conf/{group} has no options"
 
 
+def _offline(cfg) -> None:
+    """Pretrained encoders load a tiny local model instead of the hub's (no network in tests)."""
+    if cfg.model.text_encoder._target_.endswith("HFTextEncoder"):
+        if not (TINY_BERT / "config.json").is_file():
+            save_tiny_bert(TINY_BERT)
+        cfg.model.text_encoder.name = str(TINY_BERT)
+    if cfg.model.image_encoder._target_.endswith("TimmEncoder"):
+        cfg.model.image_encoder.pretrained = False
+
+
 @pytest.mark.parametrize("override", CASES)
 def test_config_composes_and_builds(override):
     cfg = compose_train([override])
     check_train_config(cfg)
+    _offline(cfg)
     model = build_model(cfg.model, _fake_info(cfg))
     stages = build_tasks(cfg, model, _fake_info(cfg))
     assert [s.name for s in stages] == list(cfg.stages)

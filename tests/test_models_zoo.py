@@ -105,3 +105,15 @@ def test_unknown_choice_lists_the_valid_ones():
 
     with pytest.raises(MissingConfigException, match="gated"):
         compose_config(fusion="gatd")
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("fusion", choices("model/fusion"))
+def test_pretrained_encoders_feed_every_fusion_and_task(fusion, task):
+    model, task_obj, data = build(compose_config("timm", "hf", fusion, task))
+    out = task_obj.training_step(model, fixed_batch(data, 8))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert all(p.grad is not None for p in model.image_encoder.net.blocks.parameters())
+    if task != "captioning":  # captioning predicts the text: the text encoder is not used
+        assert all(p.grad is not None for p in model.text_encoder.net.encoder.parameters())

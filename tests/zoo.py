@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,9 +16,12 @@ from omegaconf import DictConfig
 from mmtrain import data as data_lib
 from mmtrain.config import check_train_config, register_schemas
 from mmtrain.data.batch import collate
-from mmtrain.models.model import build_model
+from mmtrain.models.model import build_model, model_tokenizer
+from tests.pretrained_models import save_tiny_bert
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+# The tiny Hugging Face model the `hf` choice loads: written once per test process.
+TINY_BERT = Path(tempfile.gettempdir()) / f"mmtrain-tiny-bert-{os.getpid()}"
 
 # Tiny widths for every choice, so a CPU test builds and trains them in well under a second.
 TINY = {
@@ -27,12 +32,15 @@ TINY = {
         "resnet50": ["dim=32"],
         "vit_tiny": ["dim=32", "depth=2", "heads=2"],
         "vit_b_16": [],
+        "timm": ["name=vit_tiny_patch16_224", "pretrained=false",
+                 "model_kwargs={embed_dim:32,depth:1,num_heads:2,patch_size:4,img_size:16}"],
     },
     "model/text_encoder": {
         "bow": ["dim=32"],
         "gru": ["embed_dim=16", "hidden_dim=16"],
         "lstm": ["embed_dim=16", "hidden_dim=16"],
         "transformer": ["dim=32", "depth=1", "heads=2", "dropout=0.0"],
+        "hf": [f"name={TINY_BERT}"],
     },
     "model/fusion": {
         "concat": ["dim=32", "dropout=0.0"], "sum": ["dim=32", "dropout=0.0"],
@@ -66,6 +74,8 @@ def compose_config(image: str = "cnn", text: str = "bow", fusion: str = "concat"
     overrides += [f"model.fusion.{o}" for o in TINY["model/fusion"].get(fusion, [])]
     overrides += [f"stages.pretrain.task.{o}" for o in TINY["task"].get(task, [])]
     overrides += extra or []
+    if text == "hf" and not (TINY_BERT / "config.json").is_file():
+        save_tiny_bert(TINY_BERT)
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     check_train_config(cfg)
@@ -87,7 +97,7 @@ def one_thread() -> Iterator[None]:
 def build(cfg: DictConfig) -> tuple[Any, Any, data_lib.DataBundle]:
     """-> (model, its one task attached, data), initialised from a fixed seed."""
     torch.manual_seed(0)
-    data = data_lib.build(cfg.data)
+    data = data_lib.build(cfg.data, tokenizer=model_tokenizer(cfg.model, cfg.data))
     model = build_model(cfg.model, data.info)
     task = hydra.utils.instantiate(cfg.stages.pretrain.task, _convert_="all")
     task.attach(model, data.info)

@@ -1,4 +1,5 @@
-"""Vocabularies with the `tokenizers` library: fitted on training text only, saved as JSON.
+"""Vocabularies with the `tokenizers` library: fitted on training text only, or a pretrained
+text model's own fast tokenizer; either way saved as JSON (the checkpoint carries it).
 
 torchtext stopped at torch 2.3, so it cannot be used with a current torch.
 """
@@ -22,14 +23,26 @@ TOKENIZER_OPTIONS: dict[str, Any] = {"kind": "word", "vocab_size": 10000, "min_f
 
 
 class TextTokenizer:
-    """A fitted `tokenizers.Tokenizer` plus the fixed length texts are cut to."""
+    """A `tokenizers.Tokenizer` plus the fixed length texts are cut to.
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+    `specials` names its pad/unk/bos/eos tokens when they are not mmtrain's own (a pretrained
+    model's tokenizer: [CLS]/[SEP], <s>/</s>, ...); such a tokenizer adds the model's special
+    tokens itself and is truncated by the library, so the closing [SEP] survives a long text.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int,
+                 specials: dict[str, str] | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.pad_id = tokenizer.token_to_id(PAD)
-        self.bos_id = tokenizer.token_to_id(BOS)
-        self.eos_id = tokenizer.token_to_id(EOS)
+        self.specials = dict(specials) if specials else None
+        names = self.specials or {"pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS}
+        self.pad_id = tokenizer.token_to_id(names["pad"])
+        self.unk_id = tokenizer.token_to_id(names["unk"])
+        self.bos_id = tokenizer.token_to_id(names["bos"])
+        self.eos_id = tokenizer.token_to_id(names["eos"])
+        if self.specials:
+            tokenizer.no_padding()
+            tokenizer.enable_truncation(max_length)
 
     @property
     def vocab_size(self) -> int:
@@ -40,9 +53,8 @@ class TextTokenizer:
         encodings = self.tokenizer.encode_batch(texts)
         ids = torch.full((len(texts), self.max_length), self.pad_id, dtype=torch.long)
         lengths = torch.empty(len(texts), dtype=torch.long)
-        unk = self.tokenizer.token_to_id(UNK)
         for i, enc in enumerate(encodings):
-            row = enc.ids[: self.max_length] or [unk]
+            row = enc.ids[: self.max_length] or [self.unk_id]
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             lengths[i] = len(row)
         return ids, lengths
@@ -51,12 +63,41 @@ class TextTokenizer:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def to_json(self) -> str:
-        return json.dumps({"tokenizer": self.tokenizer.to_str(), "max_length": self.max_length})
+        obj: dict[str, Any] = {"tokenizer": self.tokenizer.to_str(), "max_length": self.max_length}
+        if self.specials:
+            obj["specials"] = self.specials
+        return json.dumps(obj)
 
     @classmethod
     def from_json(cls, text: str) -> "TextTokenizer":
         obj = json.loads(text)
-        return cls(Tokenizer.from_str(obj["tokenizer"]), int(obj["max_length"]))
+        return cls(Tokenizer.from_str(obj["tokenizer"]), int(obj["max_length"]), obj.get("specials"))
+
+
+def pretrained_tokenizer(name: str, max_length: int, what: str = "model.text_encoder") -> TextTokenizer:
+    """The fast tokenizer of a Hugging Face model (a hub id, through transformers' own download
+    and cache, or a local folder), as a TextTokenizer cutting texts to `max_length` tokens."""
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(name, use_fast=True)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{what}.name={name}: cannot load its tokenizer ({first})") from None
+    if not hf.is_fast:
+        raise ConfigError(f"{what}.name={name} has no fast tokenizer (tokenizer.json): save one "
+                          f"with AutoTokenizer.from_pretrained(..., use_fast=True).save_pretrained")
+    limit = getattr(hf, "model_max_length", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise ConfigError(f"data.tokenizer_options.max_length={max_length} is longer than {name} "
+                          f"accepts ({limit} tokens): lower it")
+    pad = hf.pad_token or hf.eos_token  # GPT-style tokenizers pad with their eos token
+    if pad is None:
+        raise ConfigError(f"{what}.name={name}: its tokenizer has neither a pad nor an eos token")
+    specials = {"pad": pad, "unk": hf.unk_token or pad, "bos": hf.cls_token or hf.bos_token or pad,
+                "eos": hf.sep_token or hf.eos_token or pad}
+    # A copy of the backend, so its truncation/padding settings are ours alone.
+    return TextTokenizer(Tokenizer.from_str(hf.backend_tokenizer.to_str()), max_length, specials)
 
 
 def fit_tokenizer(texts: list[str], **options: Any) -> TextTokenizer:

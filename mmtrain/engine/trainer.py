@@ -56,6 +56,7 @@ class Stage:
     patience: int | None = None
     """Stop the stage after this many validations without a `min_delta` improvement; None: never."""
     min_delta: float = 0.0
+    layer_decay: float | None = None
 
 
 @dataclass
@@ -166,7 +167,7 @@ class Trainer:
     def _run_stage(self, stage: Stage, pos: Position, results: dict[str, dict]) -> dict:
         set_frozen(self.model, stage.freeze)
         optimizer = build_optimizer(self.optimizer_cfg, self.model, lr=stage.lr, lr_scale=stage.lr_scale,
-                                    device=self.device)
+                                    device=self.device, layer_decay=stage.layer_decay)
         accumulate = self.cfg.accumulate_grad_batches
         batches = self.train_loader.sampler.per_rank // self.cfg.batch_size
         if batches // accumulate == 0:  # drop_last would leave the epoch without a full step

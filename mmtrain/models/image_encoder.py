@@ -8,14 +8,17 @@ torchvision's `pretrained=PATH` loads a local weights file: nothing is fetched a
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.models import EncoderOutput
+
+log = logging.getLogger("mmtrain")
 
 
 class CNNEncoder(nn.Module):
@@ -159,3 +162,132 @@ class ViTEncoder(nn.Module):
         x = torch.cat([vit.class_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = vit.encoder(x)                                                # B x (1 + N) x D
         return EncoderOutput(pooled=x[:, 0], tokens=x[:, 1:])
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
+
+
+def _local_weights(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from a local file (.safetensors or a torch file, read with weights_only) or
+    from a folder holding one of WEIGHT_FILES (timm's Hugging Face layout)."""
+    where = Path(path).expanduser()
+    if where.is_dir():
+        found = [where / n for n in WEIGHT_FILES if (where / n).is_file()]
+        if not found:
+            raise ConfigError(f"model.image_encoder.pretrained={path}: the folder holds none of "
+                              f"{', '.join(WEIGHT_FILES)}")
+        where = found[0]
+    if where.suffix == ".safetensors" and where.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(where)
+        except Exception as e:
+            raise CheckpointError(f"model.image_encoder.pretrained={path} is not a readable "
+                                  f"safetensors file: {e}") from None
+    return load_weights_file(str(where), "model.image_encoder")
+
+
+class TimmEncoder(nn.Module):
+    """Any timm model by name (`resnet50.a1_in1k`, `convnext_tiny`, `vit_base_patch16_224.augreg_in21k`,
+    `vit_base_patch16_clip_224.openai`, ...), through its own feature API: tokens from
+    `forward_features` (feature-map cells, or the patch tokens without the class token), pooled
+    from `forward_head(pre_logits=True)` (the model's own pooling and norm).
+
+    `pretrained=true` loads timm's weights for the name (timm's resolution: the Hugging Face hub
+    and its cache, HF_HUB_OFFLINE honoured); `pretrained=PATH` a local .safetensors/.pth file or
+    a folder holding one (nothing fetched), through timm's own loading, which adapts the first
+    conv to grayscale and drops the classifier; false: random init. Images are normalized with
+    the model's pretrained mean/std (`normalize=model`) or the data's (`normalize=data`); a ViT's
+    position embeddings are resized to the data's image size.
+    """
+
+    def __init__(self, name: str, in_channels: int = 3, image_size: int = 224,
+                 pretrained: Union[bool, str] = False, normalize: str = "model",
+                 grad_checkpointing: bool = False, dim: Optional[int] = None,
+                 model_kwargs: Optional[dict[str, Any]] = None) -> None:
+        super().__init__()
+        if normalize not in ("model", "data"):
+            raise ConfigError(f"model.image_encoder.normalize={normalize!r}: choose model or data")
+        import timm
+
+        if not timm.is_model(name.split(".")[0]):
+            raise ConfigError(f"model.image_encoder.name={name!r} is not a timm model "
+                              f"(list them with timm.list_models('*{name.split('.')[0][:6]}*'))")
+        kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels, **(model_kwargs or {})}
+        if isinstance(pretrained, str) and pretrained.lower() not in ("true", "false"):
+            kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}),
+                                                "state_dict": _local_weights(pretrained)}
+            pretrained = True
+        pretrained = pretrained is True or str(pretrained).lower() == "true"
+        try:
+            self.net = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except (RuntimeError, OSError, ValueError, KeyError) as e:
+            # load_state_dict's report: a header line, then one line per kind of problem.
+            lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
+            detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s)") else lines[0]
+            raise CheckpointError(f"model.image_encoder: the weights do not fit timm model {name} "
+                                  f"or cannot be read ({detail[:300]})") from None
+        config = timm.data.resolve_model_data_config(self.net)
+        native = config["input_size"][-1]
+        if image_size != native:
+            if hasattr(self.net, "set_input_size"):  # ViT-style: resample the position embeddings
+                self.net.set_input_size(img_size=image_size)
+            log.info("model.image_encoder: %s was pretrained at %d px, the data is %d px",
+                     name, native, image_size)
+        if normalize == "model":
+            self.image_mean, self.image_std = self._per_channel(config, in_channels)
+        if grad_checkpointing:
+            self.net.set_grad_checkpointing(True)
+        width = self.net.num_features
+        if getattr(self.net, "head_hidden_size", width) != width:
+            raise ConfigError(f"model.image_encoder.name={name}: its pre-logits width differs from its "
+                              f"feature width; pick a model without a hidden head layer")
+        self.proj = nn.Linear(width, dim) if dim else nn.Identity()
+        self.out_dim = dim or width
+        self.prefix_tokens = int(getattr(self.net, "num_prefix_tokens", 0))
+        self.channels_last_output = getattr(self.net, "output_fmt", "NCHW") == "NHWC"
+
+    @staticmethod
+    def data_config(name: str, pretrained: Union[bool, str] = False,
+                    model_kwargs: Optional[dict[str, Any]] = None, **_: Any) -> dict[str, Any]:
+        """The input size the weights were trained at (timm's pretrained config, with the
+        model_kwargs' pretrained_cfg_overlay), for the data to follow; {} for random weights."""
+        if pretrained is False or str(pretrained).lower() == "false":
+            return {}
+        from timm.models import get_pretrained_cfg
+
+        known = get_pretrained_cfg(name)
+        overlay = dict((model_kwargs or {}).get("pretrained_cfg_overlay") or {})
+        size = overlay.get("input_size", known.input_size if known is not None else None)
+        return {"image_size": int(size[-1])} if size else {}
+
+    @staticmethod
+    def _per_channel(config: dict[str, Any], channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        mean, std = tuple(config["mean"]), tuple(config["std"])
+        if channels == 1:  # grey input to an RGB-trained net: its conv sums the RGB filters
+            return (sum(mean) / len(mean),), (sum(std) / len(std),)
+        return mean, std
+
+    def architecture(self) -> dict[str, Any]:
+        """Rebuilds offline: timm builds the architecture from its name alone."""
+        return {"pretrained": False}
+
+    def layer_ids(self) -> dict[str, int]:
+        """Parameter name -> depth for layer-wise lr decay, from the model's own group_matcher."""
+        from timm.models import group_parameters
+
+        if not hasattr(self.net, "group_matcher"):
+            return {}
+        groups = group_parameters(self.net, self.net.group_matcher(coarse=False), reverse=True)
+        top = max(groups.values())
+        return {name: groups.get(name[len("net."):], top) for name, _ in self.named_parameters()}
+
+    def forward(self, images: torch.Tensor) -> EncoderOutput:
+        features = self.net.forward_features(images)
+        pooled = self.net.forward_head(features, pre_logits=True)
+        if features.ndim == 4:
+            tokens = features.flatten(1, 2) if self.channels_last_output else features.flatten(2).transpose(1, 2)
+        else:
+            tokens = features[:, self.prefix_tokens:]
+        return EncoderOutput(pooled=self.proj(pooled), tokens=self.proj(tokens))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterable
 
+import hydra.utils
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from mmtrain.config import instantiate
 from mmtrain.data import DataInfo
-from mmtrain.errors import ConfigError
+from mmtrain.data.tokenizer import TOKENIZER_OPTIONS, TextTokenizer
+from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.models import EncoderOutput
 
 MODALITIES = ("image", "text")
@@ -31,6 +35,12 @@ class MultimodalModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.register_buffer("image_mean", torch.tensor(list(image_mean)).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(list(image_std)).view(1, -1, 1, 1), persistent=False)
+
+    def architecture(self) -> dict[str, dict[str, Any]]:
+        """Per encoder, the constructor arguments that rebuild it offline (see `build_model`)."""
+        return {name: enc.architecture() for name, enc in
+                (("image_encoder", self.image_encoder), ("text_encoder", self.text_encoder))
+                if hasattr(enc, "architecture")}
 
     def encode_image(self, image: torch.Tensor) -> EncoderOutput:
         x = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
@@ -107,18 +117,70 @@ def drop_modalities(batch: dict[str, torch.Tensor], p: float,
     return out
 
 
-def build_model(cfg: Any, info: DataInfo) -> MultimodalModel:
-    """Instantiate the encoders from their configs, then a fusion that fits their widths."""
+def _encoder_hook(node: Any, hook: str) -> tuple[Any, dict[str, Any]]:
+    """An encoder class's static `hook` (None when it has none) and its config as plain kwargs:
+    what the pretrained encoders tell the data before any model is built."""
+    function = getattr(hydra.utils.get_class(str(node._target_)), hook, None)
+    kwargs = {str(k): v for k, v in node.items() if not str(k).startswith("_")}
+    return function, OmegaConf.to_container(OmegaConf.create(kwargs), resolve=True)
+
+
+def model_tokenizer(cfg: Any, data_cfg: Any) -> TextTokenizer | None:
+    """The tokenizer a text encoder brings (a pretrained model's own), or None when the data
+    fits one. Such an encoder class defines `load_tokenizer(**its config, max_length=...)`."""
+    load, kwargs = _encoder_hook(cfg.text_encoder, "load_tokenizer")
+    if load is None:
+        return None
+    options = data_cfg.get("tokenizer_options") or {}
+    return load(max_length=int(options.get("max_length") or TOKENIZER_OPTIONS["max_length"]), **kwargs)
+
+
+def model_data_config(cfg: Any) -> dict[str, Any]:
+    """Data settings a pretrained image encoder was trained with (e.g. {"image_size": 224});
+    such an encoder class defines `data_config(**its config)`."""
+    data_config, kwargs = _encoder_hook(cfg.image_encoder, "data_config")
+    return data_config(**kwargs) if data_config is not None else {}
+
+
+def _stored(architecture: dict[str, dict[str, Any]] | None, name: str, cfg: Any) -> dict[str, Any]:
+    """A checkpoint's stored constructor arguments for encoder `name`, each one a parameter of
+    the configured class (the checkpoint is read from outside: nothing else is passed on)."""
+    stored = dict((architecture or {}).get(name) or {})
+    accepted = inspect.signature(hydra.utils.get_class(str(cfg[name]._target_))).parameters
+    unknown = [k for k in stored if k not in accepted]
+    if unknown:
+        raise CheckpointError(f"the checkpoint's stored model.{name} has an argument '{unknown[0]}' that "
+                              f"{cfg[name]._target_} does not take: it was saved by another version or model")
+    return stored
+
+
+def stored_architecture(cfg: Any) -> dict[str, dict[str, Any]] | None:
+    """The encoders' constructor arguments a checkpoint's (already trust-checked) config stored."""
+    stored = cfg.get("architecture")
+    return OmegaConf.to_container(stored, resolve=True) if stored is not None else None
+
+
+def build_model(cfg: Any, info: DataInfo, architecture: dict[str, dict[str, Any]] | None = None
+                ) -> MultimodalModel:
+    """Instantiate the encoders from their configs, then a fusion that fits their widths.
+
+    `architecture` (a checkpoint's `MultimodalModel.architecture()`) rebuilds pretrained
+    encoders from what the checkpoint stored, without their weight files or the hub.
+    """
     image_encoder = instantiate(cfg.image_encoder, in_channels=info.image_channels,
-                                 image_size=info.image_size)
-    text_encoder = instantiate(cfg.text_encoder, vocab_size=info.vocab_size, pad_id=info.pad_id)
+                                 image_size=info.image_size, **_stored(architecture, "image_encoder", cfg))
+    text_encoder = instantiate(cfg.text_encoder, vocab_size=info.vocab_size, pad_id=info.pad_id,
+                               **_stored(architecture, "text_encoder", cfg))
     for name, enc in (("image_encoder", image_encoder), ("text_encoder", text_encoder)):
         if not isinstance(getattr(enc, "out_dim", None), int):
             raise ConfigError(f"model.{name}: {type(enc).__name__} must set an integer `out_dim`")
     fusion = instantiate(cfg.fusion, image_dim=image_encoder.out_dim, text_dim=text_encoder.out_dim)
     channels = info.image_channels
-    mean = list(info.image_mean) * (channels // len(info.image_mean))
-    std = list(info.image_std) * (channels // len(info.image_std))
+    # A pretrained encoder normalizes as it was trained (timm's mean/std), not as the data says.
+    image_mean = getattr(image_encoder, "image_mean", info.image_mean)
+    image_std = getattr(image_encoder, "image_std", info.image_std)
+    mean = list(image_mean) * (channels // len(image_mean))
+    std = list(image_std) * (channels // len(image_std))
     return MultimodalModel(image_encoder, text_encoder, fusion, mean, std)
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mmtrain.errors import ConfigError
+from mmtrain.data.tokenizer import TextTokenizer, pretrained_tokenizer
+from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.models import EncoderOutput
 
 
@@ -100,3 +106,135 @@ class BowEncoder(nn.Module):
         mask = _padding_mask(ids, lengths)
         tokens = self.embed(ids)
         return EncoderOutput(pooled=_masked_mean(tokens, mask), tokens=tokens, mask=mask)
+
+
+POOLINGS = ("cls", "mean", "pooler")
+_BLOCK = re.compile(r"\.(?:layer|layers|block|blocks|h)\.(\d+)\.")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def hf_source(name: str, what: str = "model.text_encoder") -> str:
+    """A local folder as an absolute path, else a hub id; a path that does not exist is refused
+    here, so it is never mistaken for a hub id and looked up online."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return str(folder.resolve())
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise ConfigError(f"{what}.name={name}: no such folder (a local model is a folder written "
+                          f"by save_pretrained, with config.json)")
+    return name
+
+
+def _load_hf_model(name: str, pretrained: bool, model_config: Optional[str]) -> nn.Module:
+    """AutoModel from a stored architecture (JSON), or from `name` with or without its weights.
+    Weights that leave any tensor but the pooler at random init are refused, not warned about."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # our one line replaces its load report
+    transformers.logging.disable_progress_bar()
+    try:
+        if model_config is not None:
+            arch = json.loads(model_config)
+            return AutoModel.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch))
+        if not pretrained:
+            return AutoModel.from_config(AutoConfig.from_pretrained(hf_source(name)))
+        net, info = AutoModel.from_pretrained(hf_source(name), trust_remote_code=False,
+                                              output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        reason = ("tensors of another shape than its config.json says" if "mismatched" in str(e)
+                  else _first_line(e))
+        raise CheckpointError(f"model.text_encoder.name={name}: cannot load a transformers "
+                              f"model from it ({reason})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
+    missing = [k for k in info.get("missing_keys", ()) if "pooler" not in k]
+    misshapen = [k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", ())]
+    if missing or misshapen:
+        first = (missing or misshapen)[0]
+        raise CheckpointError(f"model.text_encoder.name={name}: its weights do not fit its config.json "
+                              f"({len(missing)} tensors missing, {len(misshapen)} of another shape, "
+                              f"e.g. {first})")
+    return net
+
+
+class HFTextEncoder(nn.Module):
+    """Any Hugging Face `transformers` encoder (BERT, RoBERTa, DistilBERT, MiniLM, a CLIP text
+    tower, ...) by hub id or local folder, with its own tokenizer (see `load_tokenizer`).
+
+    `pretrained=true` loads the weights through transformers' `from_pretrained` (its hub cache,
+    HF_HUB_OFFLINE honoured); false builds the architecture with random weights. Tokens =
+    last_hidden_state with the padding mask; pooled = the first token (cls), the mean over
+    the real tokens (mean), or the model's own pooler output (pooler). `model_config` is the
+    architecture as JSON: the checkpoint stores it (`architecture()`), so `mmtrain eval`
+    rebuilds the model without the folder or the hub.
+    """
+
+    def __init__(self, name: str, vocab_size: int, pad_id: int = 0, pretrained: bool = True,
+                 pooling: str = "mean", grad_checkpointing: bool = False, dim: Optional[int] = None,
+                 model_config: Optional[str] = None) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"model.text_encoder.pooling={pooling!r}: choose {', '.join(POOLINGS)}")
+        self.name, self.pooling = name, pooling
+        net = _load_hf_model(name, pretrained, model_config)
+        # A dual-tower checkpoint (CLIP) brings both towers: keep the text one.
+        self.net = net.text_model if hasattr(net, "text_model") and hasattr(net, "vision_model") else net
+        self.hf_config = net.config
+        text_config = getattr(net.config, "text_config", net.config)
+        embeddings = self.net.get_input_embeddings().num_embeddings
+        if vocab_size > embeddings:
+            raise ConfigError(f"model.text_encoder.name={name} embeds {embeddings} token ids but the "
+                              f"data's tokenizer has {vocab_size}: the text must be tokenized with "
+                              f"this model's own tokenizer")
+        self.max_positions = getattr(text_config, "max_position_embeddings", None)
+        self.depth = int(getattr(text_config, "num_hidden_layers", 0) or 0)
+        if grad_checkpointing:  # renamed in transformers 5; the old name warns there
+            enable = getattr(self.net, "activation_checkpointing_enable", None)
+            (enable or self.net.gradient_checkpointing_enable)()
+        width = int(getattr(text_config, "hidden_size", 0) or getattr(text_config, "dim"))
+        self.proj = nn.Linear(width, dim) if dim else nn.Identity()
+        self.out_dim = dim or width
+
+    @staticmethod
+    def load_tokenizer(name: str, max_length: int, **_: Any) -> TextTokenizer:
+        """The model's own fast tokenizer: the data pipeline tokenizes with it."""
+        return pretrained_tokenizer(hf_source(name), max_length)
+
+    def architecture(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this module with no file and no download."""
+        return {"model_config": self.hf_config.to_json_string(use_diff=False), "pretrained": False}
+
+    def layer_ids(self) -> dict[str, int]:
+        """Parameter name -> depth for layer-wise lr decay, as timm groups its models: embeddings
+        0, block i -> i + 1, and what follows the last block (final norm, pooler) with it."""
+        ids = {}
+        for name, _ in self.named_parameters():
+            block = _BLOCK.search(name)
+            ids[name] = int(block.group(1)) + 1 if block else 0 if "embed" in name else self.depth
+        return ids
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        if self.max_positions and ids.shape[1] > self.max_positions:
+            raise ConfigError(f"text of {ids.shape[1]} tokens is longer than {self.name} accepts "
+                              f"({self.max_positions}): lower data.tokenizer_options.max_length")
+        mask = _padding_mask(ids, lengths)
+        out = self.net(input_ids=ids, attention_mask=mask.long())
+        tokens = self.proj(out.last_hidden_state)
+        if self.pooling == "cls":
+            pooled = tokens[:, 0]
+        elif self.pooling == "mean":
+            pooled = _masked_mean(tokens, mask)
+        else:
+            pooler = getattr(out, "pooler_output", None)
+            if pooler is None:
+                raise ConfigError(f"model.text_encoder.pooling=pooler: {self.name} has no pooler; "
+                                  f"use cls or mean")
+            pooled = self.proj(pooler)
+        return EncoderOutput(pooled=pooled, tokens=tokens, mask=mask)
