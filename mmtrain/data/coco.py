@@ -1,4 +1,5 @@
-"""COCO captions: images decoded in DataLoader workers, captions tokenized once and cached.
+"""COCO captions: images decoded in DataLoader workers, captions tokenized once and cached;
+the raw captions of the val and test images kept in `DataInfo.references` for caption metrics.
 
 Layout under `root`: `annotations/captions_{train,val}<year>.json` and the image folders
 `train<year>/`, `val<year>/`. Splits:
@@ -308,6 +309,8 @@ def build_coco_captions(
             datasets[split] = CocoTrainDataset(images, rec, tokens["ids"], tokens["lengths"], seed)
         else:
             datasets[split] = CocoPairsDataset(images, rec, tokens["ids"], tokens["lengths"])
+    references = {int(image_id): list(caps) for split in ("val", "test") for _, image_id, caps in groups[split]}
     info = DataInfo(image_channels=3, image_size=image_size, vocab_size=tokenizer.vocab_size,
-                    pad_id=tokenizer.pad_id, num_classes={}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+                    pad_id=tokenizer.pad_id, num_classes={}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+                    references=references)
     return DataBundle(datasets["train"], datasets["val"], datasets["test"], tokenizer, info)
