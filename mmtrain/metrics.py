@@ -1,4 +1,6 @@
-"""Metrics a paper can quote: caption scores equal to coco-caption's (pycocoevalcap).
+"""Metrics a paper can quote: caption scores equal to coco-caption's (pycocoevalcap), and
+accuracy / macro-F1 / confusion equal to scikit-learn's, in a few tensor operations (no
+torchmetrics: importing it costs seconds of a run's first validation).
 
 `caption_scores` takes raw caption text, tokenizes it as coco-caption does (Stanford
 PTBTokenizer 3.4.1 with `-lowerCase`, then its punctuation tokens dropped), and returns
@@ -15,7 +17,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Hashable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 # Tokens coco-caption's PTBTokenizer wrapper drops after tokenizing. It compares them with the
 # already lower-cased output, so "-LRB-" and friends never match there: a bracket survives as
@@ -230,3 +235,27 @@ def caption_scores(candidates: Mapping[Hashable, str],
     cider = cider_d(cands, refs)
     scores["cider_d"] = sum(cider) / len(cider)
     return scores
+
+
+def confusion_matrix(preds: "torch.Tensor", target: "torch.Tensor", num_classes: int) -> "torch.Tensor":
+    """C x C counts, rows the true class and columns the predicted one (scikit-learn's layout)."""
+    flat = (target.long() * num_classes + preds.long()).flatten()
+    return flat.bincount(minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def accuracy(confusion: "torch.Tensor") -> float:
+    """Share of correct predictions (0 for no samples)."""
+    return float(confusion.diagonal().sum().double() / confusion.sum().clamp(min=1))
+
+
+def macro_f1(confusion: "torch.Tensor") -> float:
+    """Unweighted mean of the per-class F1 over the classes that occur in the targets or the
+    predictions (scikit-learn's `f1_score(average="macro")`: a class never seen nor predicted
+    is left out, one predicted but never right counts 0)."""
+    tp = confusion.diagonal().double()
+    fp = confusion.sum(0).double() - tp
+    fn = confusion.sum(1).double() - tp
+    seen = (tp + fp + fn) > 0
+    if not bool(seen.any()):
+        return 0.0
+    return float((2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen])).mean())

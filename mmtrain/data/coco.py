@@ -62,25 +62,43 @@ class Records:
 def load_image(path: str, size: int) -> torch.Tensor:
     """JPEG/PNG file -> uint8 3 x size x size: RGB, shorter side resized to `size`, center crop.
 
-    Decoded with Pillow: torchvision 0.29 deprecated its own decoders (torchvision.io), and
-    Pillow's JPEG draft mode decodes at a reduced DCT scale when the target is small (a
-    640 x 480 photo at 1/2 scale for 224 px), which measured slightly faster than
-    torchvision.io here. Grayscale, CMYK and palette images are converted to RGB.
+    Decoded with Pillow in draft mode: a JPEG whose stored size is a multiple of the target
+    is decoded at a reduced DCT scale (1/2 .. 1/8; a 640 x 480 photo at 1/2 for 224 px, 1/4
+    for 64 px), then only the center crop is resized, in one antialiased bilinear pass:
+    the same pixels as resizing the whole picture and cropping after (mean absolute
+    difference < 0.02 grey levels), without the work on the discarded margins or importing
+    torchvision in every loader worker. Bilinear was the cheapest filter that kept
+    torchvision's quality (box: faster, but 2x further from a full-resolution Lanczos
+    resize). Grayscale, CMYK and palette images are converted to RGB.
     """
     from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.v2 import functional as TF
 
     try:
         with Image.open(path) as picture:
+            stored = picture.size
             picture.draft("RGB", (size, size))
-            pixels = np.array(picture.convert("RGB"))           # H x W x 3 uint8
+            picture = picture.convert("RGB")
+            # The crop is placed on the stored picture, then scaled to the decoded one (whose
+            # sides are rounded up), so the pixels kept do not depend on the draft scale.
+            scale = round(stored[0] / picture.size[0])
+            box = tuple(c / scale for c in _center_crop_box(*stored, size))
+            pixels = np.asarray(picture.resize((size, size), Image.Resampling.BILINEAR, box=box))
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot decode image {path} ({reason}): replace the file, "
                         f"or remove it and pass data.missing_images=skip") from None
-    image = torch.from_numpy(pixels).permute(2, 0, 1)
-    image = TF.resize(image, size, antialias=True)
-    return TF.center_crop(image, [size, size]).contiguous()
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+
+
+def _center_crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """The source region that resizing the shorter side to `size` and center-cropping keeps,
+    rounded as torchvision's resize + center_crop round it."""
+    short, long = min(width, height), max(width, height)
+    resized_long = int(size * long / short)
+    w, h = (size, resized_long) if width <= height else (resized_long, size)
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    sx, sy = width / w, height / h
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
 
 class CocoImages:
