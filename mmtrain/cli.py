@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("mmtrain.eval", "evaluate a checkpoint: ckpt=PATH or run=DIR (Hydra overrides)"),
     "data": ("mmtrain.data.commands", "download the real datasets (verified) or write fake ones: data download|synth"),
     "report": ("mmtrain.report", "summarize run dirs or a sweep: table best first, CSV, plots"),
+    "baseline": ("mmtrain.baseline", "classical per-modality baselines on a run's data split: run=DIR or overrides"),
 }
 
 USAGE = """usage: mmtrain <command> [args]
