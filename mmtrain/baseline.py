@@ -49,6 +49,12 @@ def _arrays(dataset: Any, batch_size: int = 1024) -> dict[str, Any]:
     return {"image": np.concatenate(images), "docs": docs, **{k: np.concatenate(v) for k, v in columns.items()}}
 
 
+def _caption_arrays(captions: dict[str, Any]) -> dict[str, Any]:
+    docs = [" ".join(map(str, row[:n])) for row, n in zip(captions["text"].tolist(),
+                                                          captions["text_lengths"].tolist())]
+    return {"docs": docs, "image_id": captions["image_id"].numpy()}
+
+
 def _tfidf():
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -163,7 +169,11 @@ def compute_baselines(cfg: Any, split: str = "test") -> dict[str, Any]:
     from mmtrain import data as data_lib
 
     bundle = data_lib.build(cfg.data)
-    test = _arrays(bundle.split(split))
+    dataset = bundle.split(split)
+    if hasattr(dataset, "captions"):  # retrieval needs only the captions: no image is decoded
+        test = _caption_arrays(dataset.captions())
+    else:
+        test = _arrays(dataset)
     labels = [k for k in bundle.info.num_classes if k in test]
     result: dict[str, Any] = {"split": split, "data": str(cfg.data.get("_target_", ""))}
     if labels:

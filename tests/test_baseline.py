@@ -66,3 +66,20 @@ def test_baseline_of_a_run_is_written_beside_it_and_the_report_shows_model_and_b
     markdown = to_markdown(build_report([run]))
     assert "test/accuracy" in markdown and "baseline/pixels_logreg/accuracy" in markdown
     assert "baseline/tfidf_logreg/accuracy" in markdown
+
+
+def test_coco_retrieval_baselines_cover_every_test_caption_without_decoding_an_image(tmp_path, monkeypatch):
+    from mmtrain.baseline import compute_baselines
+    from mmtrain.data import coco
+    from tests.conftest import compose_train
+    from tests.data_helpers import coco_fixture
+
+    root = coco_fixture(tmp_path / "coco")
+    monkeypatch.setattr(coco, "load_image", lambda *a: pytest.fail("an image was decoded"))
+    cfg = compose_train(["+experiment=coco_clip", f"data.root={root}", "data.n_val=8", "data.cache=false"])
+    result = compute_baselines(cfg)
+    doc = json.loads((root / "annotations" / "captions_val2017.json").read_text())
+    assert set(result["baselines"]) == {"random", "caption_overlap"}
+    # Recall counts every caption of the 16 test images: fractions of len(annotations).
+    n = len(doc["annotations"])
+    assert round(result["baselines"]["random"]["t2i_r10"] * n) == pytest.approx(result["baselines"]["random"]["t2i_r10"] * n)

@@ -162,6 +162,11 @@ class CocoPairsDataset(Dataset):
     def __len__(self) -> int:
         return self.row.shape[0]
 
+    def captions(self) -> dict[str, torch.Tensor]:
+        """Every pair's text, text_lengths and image_id, without decoding an image."""
+        return {"text": self.ids[self.row], "text_lengths": self.lengths[self.row],
+                "image_id": self.records.image_ids[self.image_of]}
+
     def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
         i, row = int(self.image_of[j]), int(self.row[j])
         return {"image": self.images[i], "text": self.ids[row], "text_lengths": self.lengths[row],
