@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "search": ("mmtrain.search", "rank an index's entries by a text or image query; contact sheet of the top k"),
     "export": ("mmtrain.export", "export a checkpoint's inference graphs to ONNX or TorchScript, parity-checked"),
     "report": ("mmtrain.report", "summarize run dirs or a sweep: table best first, CSV, plots"),
+    "baseline": ("mmtrain.baseline", "classical per-modality baselines on a run's data split: run=DIR or overrides"),
 }
 
 USAGE = """usage: mmtrain <command> [args]

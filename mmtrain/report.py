@@ -137,6 +137,10 @@ def read_run(path: Path) -> Run:
             run.default_metrics = [f"test/{best['metric']}", f"{stage}/best/{best['metric']}"]
     for k, v in (metrics.get("test") or {}).items():
         run.metrics[f"test/{k}"] = float(v)
+    # `mmtrain baseline run=DIR` leaves the classical baselines' figures beside the model's.
+    for name, scores in ((read_json(path / "baselines.json") or {}).get("baselines") or {}).items():
+        for k, v in scores.items():
+            run.metrics[f"baseline/{name}/{k}"] = float(v)
     return run
 
 
@@ -207,7 +211,7 @@ def build_report(paths: list[Path], metric: str | None = None, mode: str | None 
     keys = list(dict.fromkeys(k for r in runs for k in r.overrides))
     swept = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
     finals = [m for m in dict.fromkeys(m for r in runs for m in r.metrics)
-              if m.startswith("test/") or "/best/" in m]
+              if m.startswith(("test/", "baseline/")) or "/best/" in m]
     columns = ([metric] if metric else []) + [m for m in finals if m != metric]
     common = Path(os.path.commonpath([r.path for r in runs]))
     names = [str(r.path.relative_to(common)) if r.path != common else r.path.name for r in runs]

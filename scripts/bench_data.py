@@ -4,10 +4,12 @@ the share of step time the training loop spends waiting for data.
     python scripts/bench_data.py                       # on generated fixtures (official layouts)
     python scripts/bench_data.py --root DIR            # on real data under DIR
     python scripts/bench_data.py --num-workers 2 --image-size 64
+    python scripts/bench_data.py --photo-size 640x480   # fixture JPEGs at COCO's typical size
 
 Each pipeline is the one `mmtrain train +experiment=...` builds: MNIST+IMDB pairs
 (in memory), COCO with images decoded in the loader, and COCO from the pre-resized
-uint8 cache (data.cache_images=true).
+uint8 cache (data.cache_images=true). First, the cost of decoding one COCO-sized JPEG
+(`--photo-size`) to 64 and 224 px with `mmtrain.data.coco.load_image`, by CPU clock.
 """
 
 from __future__ import annotations
@@ -34,6 +36,31 @@ def compose_cfg(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
+
+
+def write_photo(path: Path, width: int, height: int, seed: int) -> None:
+    """A smooth photo-like JPEG (bicubic-upsampled noise) of COCO's typical size and quality."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    noisy = np.asarray(base).astype(np.int16) + rng.integers(-4, 5, (height, width, 3))
+    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def decode_ms(paths: list[Path], size: int, rounds: int = 3) -> float:
+    """CPU milliseconds per image of load_image (best of `rounds` passes, after a warm-up)."""
+    from mmtrain.data.coco import load_image
+
+    load_image(str(paths[0]), size)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for p in paths:
+            load_image(str(p), size)
+        best = min(best, (time.process_time() - start) / len(paths))
+    return 1000 * best
 
 
 def loader_alone(loader, batches: int) -> float:
@@ -73,7 +100,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64, help="COCO image side")
+    p.add_argument("--photo-size", default="640x480", help="WxH of the fixture COCO JPEGs (fixtures only)")
     args = p.parse_args()
+    width, height = (int(v) for v in args.photo_size.split("x"))
     tmp = None
     if args.root is None:
         tmp = tempfile.TemporaryDirectory()
@@ -82,6 +111,11 @@ def main() -> None:
         fixtures.write_mnist(args.root, need + need // 9 + 10, 100)
         fixtures.write_imdb(args.root, 1000, 200)
         fixtures.write_coco(args.root, need + 10, 20, karpathy=False)
+        for i, path in enumerate(sorted(args.root.glob("*2017/*.jpg"))):
+            write_photo(path, width, height, i)
+    photos = sorted(args.root.glob("train2017/*.jpg"))[:30]
+    print(f"decoding one {photos[0].name} to 64 px / 224 px: "
+          f"{decode_ms(photos, 64):.2f} / {decode_ms(photos, 224):.2f} ms (CPU clock)")
     common = [f"data.root={args.root}", f"trainer.batch_size={args.batch_size}",
               f"trainer.num_workers={args.num_workers}"]
     coco = ["+experiment=coco_clip", f"data.image_size={args.image_size}", "data.n_val=10"]

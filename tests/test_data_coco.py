@@ -51,6 +51,34 @@ def test_cmyk_jpeg_decodes_to_the_colours_of_its_rgb_twin(tmp_path):
     assert (rgb.float() - cmyk.float()).abs().mean() < 8      # not inverted, not channel-swapped
 
 
+def photo(path: Path, width: int, height: int) -> Path:
+    """A smooth photo-like JPEG with detail at every scale (bicubic-upsampled noise)."""
+    rng = np.random.default_rng(width + height)
+    base = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    noisy = np.asarray(base).astype(np.int16) + rng.integers(-4, 5, (height, width, 3))
+    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+@pytest.mark.parametrize("width,height,size", [(640, 480, 224), (640, 480, 64), (480, 640, 64), (500, 333, 96)])
+def test_draft_decoded_images_match_torchvision_resize_and_center_crop_of_the_full_picture(
+        tmp_path, width, height, size):
+    from torchvision.transforms.v2 import functional as TF
+
+    from mmtrain.data.coco import load_image
+
+    path = photo(tmp_path / "photo.jpg", width, height)
+    full = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    reference = TF.center_crop(TF.resize(full, size, antialias=True), [size, size])
+    image = load_image(str(path), size)
+    assert image.shape == reference.shape and image.dtype == torch.uint8
+    # Reduced-scale DCT decoding is not bit-exact, but within about a grey level on average.
+    assert (image.float() - reference.float()).abs().mean() < 1.5
+    Image.open(path).save(tmp_path / "photo.png")   # PNG: no draft mode, the same crop and filter
+    png = load_image(str(tmp_path / "photo.png"), size)
+    assert (png.float() - reference.float()).abs().mean() < 0.1
+
+
 def test_train_has_one_sample_per_image_and_rotates_its_captions_by_epoch(root):
     bundle = build(root, seed=1)
     train = bundle.train

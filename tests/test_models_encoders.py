@@ -123,3 +123,34 @@ def test_transformer_text_longer_than_its_positions_names_the_fix():
     encoder = TransformerEncoder(50, dim=16, heads=2, max_length=8)
     with pytest.raises(ConfigError, match="max_length=8: raise it"):
         encoder(torch.ones(2, 12, dtype=torch.long), torch.tensor([12, 3]))
+
+
+@pytest.mark.parametrize("cls", [GRUEncoder, LSTMEncoder])
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, True), (2, True), (2, False)])
+def test_recurrent_encoders_on_the_cpu_compute_what_packed_sequences_compute_with_the_same_gradients(
+        cls, num_layers, bidirectional):
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    encoder = cls(50, embed_dim=8, hidden_dim=6, num_layers=num_layers, bidirectional=bidirectional).double()
+    lengths = torch.tensor([11, 3, 1, 7, 11, 9])
+    ids = torch.randint(4, 50, (6, 11)) * (torch.arange(11)[None] < lengths[:, None])
+    mask = (torch.arange(11)[None] < lengths[:, None])[..., None]
+
+    def packed() -> torch.Tensor:  # what nn.GRU / nn.LSTM give on packed sequences
+        seq = pack_padded_sequence(encoder.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(encoder.rnn(seq)[0], batch_first=True, total_length=11)[0]
+
+    weights = torch.randn(6, 11, encoder.out_dim, dtype=torch.float64) * mask  # a loss on the real tokens only
+    grads = []
+    for tokens in (packed, lambda: encoder(ids, lengths).tokens):
+        encoder.zero_grad()
+        out = tokens()
+        (out * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in encoder.named_parameters()})
+        if tokens is packed:
+            expected = out.detach()
+    assert torch.allclose(out.detach(), expected, atol=1e-12)
+    assert out.detach()[~mask.expand_as(out)].abs().max() == 0   # padding zeroed, as unpacking does
+    for name, grad in grads[0].items():
+        assert torch.allclose(grads[1][name], grad, atol=1e-12), name

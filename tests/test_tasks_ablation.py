@@ -54,7 +54,7 @@ def test_contrastive_then_captioning_run_writes_examples_and_ablates_by_task(tmp
             "stages.caption.task.dim=32", "stages.caption.task.heads=2", "stages.caption.task.depth=1",
             *TINY_RUN])
     summary = train(cfg, tmp_path)
-    assert {"bleu4", "cider_d", "loss"} == set(summary["test"])
+    assert {"bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d", "loss"} == set(summary["test"])
     assert (tmp_path / "artifacts" / "captioning_examples.json").is_file()
 
     caption = evaluate_checkpoint(tmp_path / "checkpoints" / "caption" / "best.pt", ablate=True, device="cpu")
@@ -80,9 +80,15 @@ def test_coco_caption_recipe_on_official_format_files_scores_against_every_refer
             "model.text_encoder.dim=16", "stages.caption.task.dim=16", "stages.caption.task.heads=2",
             "stages.caption.task.depth=1", "stages.caption.task.max_length=17", *TINY_RUN])
     summary = train(cfg, tmp_path / "run")
-    assert set(summary["test"]) == {"loss", "bleu4", "cider_d"}
+    assert set(summary["test"]) == {"loss", "bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d"}
     examples = (tmp_path / "run" / "artifacts" / "captioning_examples.json").read_text()
     import json
 
     refs = [len(e["references"]) for e in json.loads(examples)]
     assert max(refs) > 1, "COCO images have several captions: each is scored against all of them"
+    # Every test image, with its captions exactly as the annotation file has them.
+    doc = json.loads((root / "annotations" / "captions_val2017.json").read_text())
+    raw: dict = {}
+    for ann in sorted(doc["annotations"], key=lambda a: (a["image_id"], a["id"])):
+        raw.setdefault(ann["image_id"], []).append(ann["caption"])
+    assert {e["image"]: e["references"] for e in json.loads(examples)} == raw

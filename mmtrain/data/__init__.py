@@ -31,6 +31,9 @@ class DataInfo:
     image_std: tuple[float, ...] = (0.5,)
     modality_labels: dict[str, str] = field(default_factory=dict)
     """Modality -> the label it alone determines (image -> digit): the multitask targets."""
+    references: dict[int, list[str]] = field(default_factory=dict, repr=False)
+    """image_id -> its raw reference captions (val and test images of a caption set): what
+    caption metrics score against, never the tokenizer's view of them."""
     tokenizer: TextTokenizer | None = field(default=None, repr=False)
     """The fitted tokenizer (decoding, bos/eos ids: captioning needs them); DataBundle sets it."""
 

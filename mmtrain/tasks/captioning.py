@@ -1,8 +1,10 @@
 """Image captioning: a Transformer decoder over the image encoder's tokens.
 
 Trained with teacher forcing ([BOS] + caption -> caption + [EOS]); evaluated by decoding
-(greedy, or beam search with `beam_size` > 1) and scoring BLEU-4 and CIDEr-D against every
-reference caption of an image (batches with `image_id` group COCO's five per image).
+(greedy, or beam search with `beam_size` > 1) and scoring BLEU-1..4, ROUGE-L and CIDEr-D
+with `mmtrain.metrics.caption_scores` (coco-caption's figures) against every raw reference
+caption of an image: batches with `image_id` group COCO's five per image, and the data's
+`DataInfo.references` holds their text as the annotation file has it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 from mmtrain.data import DataInfo
 from mmtrain.data.tokenizer import BOS, EOS, SPECIALS
 from mmtrain.errors import ConfigError
-from mmtrain.tasks._caption_metrics import bleu4, caption_words, cider_d
+from mmtrain.metrics import caption_scores
 
 
 class CaptionDecoder(nn.Module):
@@ -88,7 +90,7 @@ def beam_search(step: Callable[[torch.Tensor], torch.Tensor], batch_size: int, b
 
 
 class CaptioningTask:
-    """Teacher-forced cross-entropy; BLEU-4 and CIDEr-D of decoded captions."""
+    """Teacher-forced cross-entropy; coco-caption's BLEU-1..4, ROUGE-L and CIDEr-D of decoded captions."""
 
     monitor = "cider_d"
     monitor_mode = "max"
@@ -97,7 +99,7 @@ class CaptioningTask:
 
     def __init__(self, dim: int = 256, depth: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
                  dropout: float = 0.1, label_smoothing: float = 0.0, beam_size: int = 3,
-                 max_length: int = 64, max_decode_length: int | None = None, num_examples: int = 20,
+                 max_length: int = 64, max_decode_length: int | None = None,
                  name: str = "captioning") -> None:
         self.decoder_options = dict(dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout)
         self.label_smoothing = label_smoothing
@@ -105,10 +107,9 @@ class CaptioningTask:
         self.max_length = max_length
         """Decoder positions: [BOS] plus the longest caption it trains on or generates."""
         self.max_decode_length = max_decode_length
-        self.num_examples = num_examples
         self.name = name
         self.examples: list[dict[str, Any]] = []
-        """(generated, references) of the first few items of the latest `evaluate`."""
+        """Every image of the latest `evaluate`: its generated caption and the references scored."""
 
     def attach(self, model: Any, info: DataInfo) -> None:
         dim, heads = self.decoder_options["dim"], self.decoder_options["heads"]
@@ -126,6 +127,7 @@ class CaptioningTask:
             raise ConfigError(f"{self.name} task: max_decode_length={self.decode_length} needs "
                               f"max_length >= {self.decode_length + 1} (it is {self.max_length})")
         self.tokenizer = tok
+        self.references = info.references
         self.pad_id = info.pad_id
         # Without a tokenizer (model building only) the ids are the fixed special-token ids.
         self.bos_id = tok.bos_id if tok is not None else SPECIALS.index(BOS)
@@ -167,12 +169,16 @@ class CaptioningTask:
 
     @torch.no_grad()
     def evaluate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """Token-level loss; BLEU-4 and CIDEr-D with one generated caption per distinct image."""
+        """Token-level loss; caption scores with one generated caption per distinct image.
+
+        References are the data's raw captions of each image (`DataInfo.references`); a set
+        that has none (in-memory captions without image ids, such as the synthetic set, whose
+        vocabulary holds every caption word) is scored against its own decoded captions.
+        """
         decoder = model.heads[self.name]
         loss, tokens = 0.0, 0
-        generated: dict[int, list[str]] = {}        # image key -> words
-        references: dict[int, list[list[str]]] = {}
-        text_of: dict[int, str] = {}
+        generated: dict[int, str] = {}              # image key -> caption text
+        decoded_refs: dict[int, list[str]] = {}
         offset = 0
         for batch in batches:
             ids, lengths = batch["text"], batch["text_lengths"]
@@ -184,8 +190,10 @@ class CaptioningTask:
             keys = batch["image_id"].tolist() if "image_id" in batch else \
                 list(range(offset, offset + ids.shape[0]))
             offset += ids.shape[0]
-            for key, row, n in zip(keys, ids.tolist(), lengths.tolist()):
-                references.setdefault(key, []).append(caption_words(self.decode(row[:n])))
+            raw = "image_id" in batch and all(k in self.references for k in keys)
+            if not raw:
+                for key, row, n in zip(keys, ids.tolist(), lengths.tolist()):
+                    decoded_refs.setdefault(key, []).append(self.decode(row[:n]))
             new, seen = [], set(generated)
             for i, key in enumerate(keys):  # decode each image once, however many captions it has
                 if key not in seen:
@@ -194,17 +202,14 @@ class CaptioningTask:
             if new:
                 index = torch.tensor(new, device=batch["image"].device)
                 for i, out in zip(new, self.generate(model, batch["image"].index_select(0, index))):
-                    text_of[keys[i]] = self.decode(out)
-                    generated[keys[i]] = caption_words(text_of[keys[i]])
-        order = list(generated)
-        cands, refs = [generated[k] for k in order], [references[k] for k in order]
-        cider, _ = cider_d(cands, refs)
-        self.examples = [{"image": k, "generated": text_of[k], "references": [" ".join(r) for r in references[k]]}
-                         for k in order[: self.num_examples]]
-        return {"loss": float(loss / max(1, tokens)), "bleu4": bleu4(cands, refs), "cider_d": cider}
+                    generated[keys[i]] = self.decode(out)
+        references = {k: decoded_refs[k] if k in decoded_refs else self.references[k] for k in generated}
+        self.examples = [{"image": k, "generated": generated[k], "references": references[k]} for k in generated]
+        return {"loss": float(loss / max(1, tokens)), **caption_scores(generated, references)}
 
     def write_artifacts(self, out_dir: Path) -> list[Path]:
-        """Example captions of the latest evaluation, generated next to their references."""
+        """Every image's generated caption of the latest evaluation next to its raw references,
+        so the split can be rescored with any tool (coco-caption's own included)."""
         if not self.examples:
             return []
         path = Path(out_dir) / f"{self.name}_examples.json"

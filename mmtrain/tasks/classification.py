@@ -11,6 +11,7 @@ from torch import nn
 
 from mmtrain.data import DataInfo
 from mmtrain.errors import ConfigError
+from mmtrain.metrics import accuracy, confusion_matrix, macro_f1
 from mmtrain.models.model import MODALITIES, drop_modalities
 
 
@@ -110,23 +111,17 @@ With `model/fusion=late` each modality gets its own head and the logits are aver
 
     @torch.no_grad()
     def evaluate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        # Imported here: torchmetrics (and the torchvision it pulls in) cost ~1 s of start-up.
-        from torchmetrics.functional.classification import (multiclass_accuracy,
-                                                            multiclass_confusion_matrix,
-                                                            multiclass_f1_score)
-
         all_logits, targets = [], []
         for batch in batches:
             all_logits.append(self.logits(model, batch).float())
             targets.append(batch[self.label])
         logits, target = torch.cat(all_logits), torch.cat(targets)
         preds = logits.argmax(-1)
-        n = self.num_classes
-        self.confusion = multiclass_confusion_matrix(preds, target, num_classes=n).cpu()
+        self.confusion = confusion_matrix(preds, target, self.num_classes).cpu()
         return {
             "loss": float(F.cross_entropy(logits, target)),
-            "accuracy": float(multiclass_accuracy(preds, target, num_classes=n, average="micro")),
-            "macro_f1": float(multiclass_f1_score(preds, target, num_classes=n, average="macro")),
+            "accuracy": accuracy(self.confusion),
+            "macro_f1": macro_f1(self.confusion),
         }
 
     def write_artifacts(self, out_dir: Path) -> list[Path]:
