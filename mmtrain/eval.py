@@ -24,13 +24,27 @@ def main() -> None:
 
 
 def _stage_names(config: Path) -> list[str]:
+    import yaml
+
+    from mmtrain.trust import check_size
+
     problem = ""
     try:
-        names = [str(n) for n in OmegaConf.load(config).stages]
+        # Plain YAML first: OmegaConf would copy out an anchor bomb before any check could run.
+        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+        check_size(raw, str(config))
+        names = [str(n) for n in OmegaConf.create(raw).stages]
+    except ConfigError:
+        raise
     except Exception as e:  # YAML or OmegaConf errors, a list where a mapping belongs...
         problem = type(e).__name__
     if problem:  # raised here, so the one-line message carries no parser trace as its context
         raise CheckpointError(f"{config} is malformed ({problem}): pass the checkpoint itself with ckpt=")
+    for name in names:
+        # It becomes a path under checkpoints/: '..' or '/' would pick (and write the result
+        # beside) a checkpoint outside this run.
+        if name in (".", "..") or Path(name).name != name or "\\" in name:
+            raise CheckpointError(f"{config}: stage name {name!r} is not a plain name: refusing it")
     return names
 
 

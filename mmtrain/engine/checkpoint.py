@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from mmtrain.atomic import write_atomically
 from mmtrain.errors import CheckpointError
-from mmtrain.trust import trusted_config
+from mmtrain.trust import check_no_interpolation, trusted_config
 
 FORMAT_VERSION = 1
 
@@ -118,6 +118,7 @@ def load_checkpoint_config(path: str | os.PathLike, *, allow: Sequence[str] = ()
     for section in ("data", "model", "stages", "trainer"):
         if not isinstance(ckpt["config"].get(section), dict):
             raise CheckpointError(f"{path}: its config has no '{section}' section: it cannot be rebuilt")
+    check_no_interpolation(ckpt["config"], str(path))  # even if trusted: it may be a bomb
     return ckpt, trusted_config(ckpt["config"], source=str(path), allow=allow, trust=trust)
 
 
@@ -137,6 +138,10 @@ def checkpoint_tokenizer(ckpt: dict[str, Any], path: Any) -> Any:
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
     """load_state_dict, with a mismatch explained in one line instead of a wall of keys."""
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"checkpoint {path}: its model weights are not a mapping of names to "
+                              f"tensors: refusing them")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
