@@ -89,7 +89,10 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     Where the data is read from may be overridden; whether it is downloaded, and where
     caches go, is the user's call alone (`data_overrides`), never the file's."""
     from mmtrain import data as data_lib
-    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
+    import torch
+
+    from mmtrain.engine.checkpoint import (check_model_state, checkpoint_tokenizer,
+                                           load_checkpoint_config, load_model_state)
     from mmtrain.models.model import build_model
 
     ckpt, cfg = load_checkpoint_config(path, allow=allow, trust=trust)
@@ -104,6 +107,12 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     if overrides:
         cfg.data = OmegaConf.merge(cfg.data, overrides)
     data = data_lib.build(cfg.data, tokenizer=checkpoint_tokenizer(ckpt, path))
+    # Sized on the meta device first: the model the file's config describes may be no bigger
+    # than the weights the file holds, so a config naming a huge layer is refused unallocated.
+    with torch.device("meta"):
+        shell = build_model(cfg.model, data.info)
+        build_tasks(cfg, shell, data.info)
+    check_model_state(shell, ckpt["model"], path)
     model = build_model(cfg.model, data.info)
     stages = {s.name: s for s in build_tasks(cfg, model, data.info)}
     if ckpt["stage"] not in stages:

@@ -61,6 +61,8 @@ ATTACKS: dict[str, Callable[[dict, Path], None]] = {
         "_target_": "mmtrain.models.image_encoder.ResNetEncoder", "arch": "resnet18",
         "pretrained": str(a / "victim.txt")}),
     "environment_resolver": lambda c, a: c["config"]["data"].update(image_size="${oc.env:HOME}"),
+    # Far past this machine's memory: refused from the weights' shapes before it is allocated.
+    "layer_wider_than_its_weights": lambda c, a: c["config"]["model"]["fusion"].update(dim=10**6),
     "list_bomb": _list_bomb,
     "string_bomb": _string_bomb,
     "weights_that_are_not_tensors": lambda c, a: c["model"].update(
@@ -74,6 +76,7 @@ MESSAGES = {
     "encoder_with_weights_nested_in_fusion": "is built only at model.image_encoder, not at "
                                              "model.fusion.extra",
     "environment_resolver": "data.image_size holds an interpolation",
+    "layer_wider_than_its_weights": "does not fit this model/config",
     "list_bomb": "its config has more than 100000 entries",
     "string_bomb": "trainer.n1 holds an interpolation",
     "weights_that_are_not_tensors": "its model weights are not a mapping of names to tensors",

@@ -138,6 +138,12 @@ def checkpoint_tokenizer(ckpt: dict[str, Any], path: Any) -> Any:
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
     """load_state_dict, with a mismatch explained in one line instead of a wall of keys."""
+    check_model_state(model, state, path)
+    model.load_state_dict(state)
+
+
+def check_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
+    """What load_model_state refuses, without loading (so `model` may live on the meta device)."""
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"checkpoint {path}: its model weights are not a mapping of names to "
@@ -156,7 +162,6 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
         raise CheckpointError(f"checkpoint {path} does not fit this model/config: {'; '.join(parts)}")
-    model.load_state_dict(state)
 
 
 def config_mismatch(saved: dict[str, Any], current: dict[str, Any],
