@@ -174,11 +174,26 @@ def default_output(path: Path, split: str) -> Path:
     return path.with_name(f"{path.stem}_eval_{split}.json")
 
 
+def refuse_links(out: Path, own_folder: bool) -> None:
+    """A run dir from elsewhere may hold links where eval writes: a log appended through one
+    lands in whatever file it points at (a shell's rc file, say), artifacts in any folder.
+    `own_folder`: `out.parent` came with the run dir too (the default <run>/eval)."""
+    artifacts = out.with_suffix("")
+    paths = ([out.parent] if own_folder else []) + [out, out.with_suffix(".log"), artifacts]
+    if artifacts.is_dir() and not artifacts.is_symlink():
+        paths += sorted(artifacts.iterdir())
+    for path in paths:
+        if path.is_symlink():
+            raise CheckpointError(f"{path} is a symbolic link: refusing to write through it "
+                                  f"(remove it, or pass out=)")
+
+
 def run(cfg: DictConfig) -> None:
     if cfg.precision is not None and cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
     path = resolve_checkpoint(cfg.ckpt, cfg.run)
     out = Path(cfg.out) if cfg.out else default_output(path, cfg.split)
+    refuse_links(out, own_folder=not cfg.out)
     built = rebuild(path, data_overrides=OmegaConf.to_container(cfg.data),
                     allow=list(cfg.allow_targets), trust=cfg.trust_config)
     # Only an accepted checkpoint gets a log: a refused one leaves nothing behind.

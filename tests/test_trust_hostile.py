@@ -155,3 +155,25 @@ def test_a_genuine_run_dir_still_finds_its_last_stage(genuine, tmp_path):
         (run / "checkpoints" / stage).mkdir(parents=True)
         atomic_save(genuine, run / "checkpoints" / stage / "best.pt")
     assert resolve_checkpoint(None, str(run)) == run / "checkpoints" / "finetune" / "best.pt"
+
+
+@pytest.mark.parametrize("link", ["eval/finetune_best_test.log", "eval/finetune_best_test", "eval"])
+def test_a_run_dir_with_a_link_where_eval_writes_is_refused_and_the_target_untouched(genuine, tmp_path,
+                                                                                   link):
+    area = tmp_path / "home"
+    area.mkdir()
+    (area / ".bashrc").write_text("precious\n")
+    run = tmp_path / "downloaded_run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("stages: {finetune: {epochs: 1}}\n")
+    (run / "checkpoints" / "finetune").mkdir(parents=True)
+    atomic_save(genuine, run / "checkpoints" / "finetune" / "best.pt")
+    (run / link).parent.mkdir(parents=True, exist_ok=True)
+    # The log would be appended to the file the link names; artifacts written into its folder.
+    (run / link).symlink_to(area / ".bashrc" if link.endswith(".log") else area)
+    before = _snapshot(tmp_path)
+    out = run_cli(["eval", f"run={run}", "device=cpu"], tmp_path, timeout=90)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{run / link} is a symbolic link: refusing to write through it" in lines[0]
+    assert _snapshot(tmp_path) == before
