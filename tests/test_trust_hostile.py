@@ -9,6 +9,7 @@ eval result or log appears.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,16 @@ def genuine(tmp_path_factory) -> dict:
     build_tasks(cfg, model, data.info)
     return {"format": FORMAT_VERSION, "model": model.state_dict(), "stage": "finetune",
             "config": OmegaConf.to_container(cfg, resolve=True), "tokenizer": data.tokenizer.to_json()}
+
+
+def _with_tokenizer(ckpt: dict, max_length: int | None = None, top_id: int | None = None) -> str:
+    outer = json.loads(ckpt["tokenizer"])
+    inner = json.loads(outer["tokenizer"])
+    if max_length is not None:
+        outer["max_length"] = max_length
+    if top_id is not None:
+        inner["model"]["vocab"]["square"] = top_id
+    return json.dumps({**outer, "tokenizer": json.dumps(inner)})
 
 
 def _list_bomb(ckpt: dict, area: Path) -> None:
@@ -63,6 +74,11 @@ ATTACKS: dict[str, Callable[[dict, Path], None]] = {
     "environment_resolver": lambda c, a: c["config"]["data"].update(image_size="${oc.env:HOME}"),
     # Far past this machine's memory: refused from the weights' shapes before it is allocated.
     "layer_wider_than_its_weights": lambda c, a: c["config"]["model"]["fusion"].update(dim=10**6),
+    # Hydra would hand back a half-built task, or add arguments no config gives.
+    "partial_task": lambda c, a: c["config"]["stages"]["finetune"]["task"].update(_partial_=True),
+    "extra_positional_arguments": lambda c, a: c["config"]["model"]["fusion"].update(_args_=[1, 2]),
+    "tokenizer_of_length_zero": lambda c, a: c.update(tokenizer=_with_tokenizer(c, max_length=0)),
+    "tokenizer_id_past_its_vocabulary": lambda c, a: c.update(tokenizer=_with_tokenizer(c, top_id=10**6)),
     "list_bomb": _list_bomb,
     "string_bomb": _string_bomb,
     "weights_that_are_not_tensors": lambda c, a: c["model"].update(
@@ -77,6 +93,11 @@ MESSAGES = {
                                              "model.fusion.extra",
     "environment_resolver": "data.image_size holds an interpolation",
     "layer_wider_than_its_weights": "does not fit this model/config",
+    "partial_task": "stages.finetune.task._partial_ is not set on "
+                    "'mmtrain.tasks.classification.ClassificationTask' by any mmtrain config",
+    "extra_positional_arguments": "model.fusion._args_ is not set on",
+    "tokenizer_of_length_zero": "its tokenizer is not one mmtrain wrote: its max_length is below 1",
+    "tokenizer_id_past_its_vocabulary": "it maps a token to id 1000000, past its vocabulary",
     "list_bomb": "its config has more than 100000 entries",
     "string_bomb": "trainer.n1 holds an interpolation",
     "weights_that_are_not_tensors": "its model weights are not a mapping of names to tensors",

@@ -131,9 +131,18 @@ def checkpoint_tokenizer(ckpt: dict[str, Any], path: Any) -> Any:
         raise CheckpointError(f"{path} holds no tokenizer: it was not written by mmtrain's trainer, "
                               f"so its text ids cannot be reproduced")
     try:
-        return TextTokenizer.from_json(ckpt["tokenizer"])
+        tokenizer = TextTokenizer.from_json(ckpt["tokenizer"])
     except Exception as e:  # the tokenizers library raises its own types for bad JSON
         raise CheckpointError(f"{path}: its tokenizer cannot be read ({_first_line(e)})") from None
+    # Each would otherwise surface as a crash deep in the data or the embedding lookup.
+    top = max(tokenizer.tokenizer.get_vocab().values(), default=-1)
+    problem = ("its max_length is below 1" if tokenizer.max_length < 1 else
+               "it has no [PAD] token" if tokenizer.pad_id is None else
+               f"it maps a token to id {top}, past its vocabulary of {tokenizer.vocab_size}"
+               if top >= tokenizer.vocab_size else "")
+    if problem:
+        raise CheckpointError(f"{path}: its tokenizer is not one mmtrain wrote: {problem}")
+    return tokenizer
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
