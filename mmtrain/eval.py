@@ -82,6 +82,19 @@ class Rebuilt:
     """The task of the stage that saved the checkpoint."""
 
 
+def _check_eval_settings(trainer: DictConfig, path: Path) -> None:
+    """The saved settings eval reuses, checked as training checked them at its start: from
+    a file, a wrong type would crash in the loader or in a log line."""
+    for key in ("batch_size", "eval_batch_size"):
+        value = trainer.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise CheckpointError(f"{path}: its trainer.{key}={value!r} is not a positive integer: "
+                                  f"refusing it")
+    if trainer.get("precision", "32") not in PRECISIONS:
+        raise CheckpointError(f"{path}: its trainer.precision={trainer.get('precision')!r} is not one of "
+                              f"{', '.join(PRECISIONS)}: refusing it")
+
+
 def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[str] = (),
             trust: bool = False) -> Rebuilt:
     """Data, model (with the checkpoint's weights) and task from a checkpoint whose config
@@ -96,6 +109,7 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     from mmtrain.models.model import build_model
 
     ckpt, cfg = load_checkpoint_config(path, allow=allow, trust=trust)
+    _check_eval_settings(cfg.trainer, path)
     for key, value in (("download", False), ("cache_dir", None)):
         if key in cfg.data:  # where to write is the user's call alone, never the file's
             cfg.data[key] = value

@@ -79,6 +79,7 @@ ATTACKS: dict[str, Callable[[dict, Path], None]] = {
     "extra_positional_arguments": lambda c, a: c["config"]["model"]["fusion"].update(_args_=[1, 2]),
     "tokenizer_of_length_zero": lambda c, a: c.update(tokenizer=_with_tokenizer(c, max_length=0)),
     "tokenizer_id_past_its_vocabulary": lambda c, a: c.update(tokenizer=_with_tokenizer(c, top_id=10**6)),
+    "evaluation_batch_size_that_is_text": lambda c, a: c["config"]["trainer"].update(eval_batch_size="64"),
     "list_bomb": _list_bomb,
     "string_bomb": _string_bomb,
     "weights_that_are_not_tensors": lambda c, a: c["model"].update(
@@ -98,6 +99,7 @@ MESSAGES = {
     "extra_positional_arguments": "model.fusion._args_ is not set on",
     "tokenizer_of_length_zero": "its tokenizer is not one mmtrain wrote: its max_length is below 1",
     "tokenizer_id_past_its_vocabulary": "it maps a token to id 1000000, past its vocabulary",
+    "evaluation_batch_size_that_is_text": "its trainer.eval_batch_size='64' is not a positive integer",
     "list_bomb": "its config has more than 100000 entries",
     "string_bomb": "trainer.n1 holds an interpolation",
     "weights_that_are_not_tensors": "its model weights are not a mapping of names to tensors",
