@@ -21,6 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mmtrain.train", "train a model: stages from the config, then test (Hydra overrides)"),
     "eval": ("mmtrain.eval", "evaluate a checkpoint: ckpt=PATH or run=DIR (Hydra overrides)"),
     "data": ("mmtrain.data.commands", "download the real datasets (verified) or write fake ones: data download|synth"),
+    "predict": ("mmtrain.predict", "run a checkpoint on your images and texts: classes, captions, similarities, zero-shot"),
+    "embed": ("mmtrain.embed", "embed a folder of images (or a text file) into a searchable index, resumable"),
+    "search": ("mmtrain.search", "rank an index's entries by a text or image query; contact sheet of the top k"),
+    "export": ("mmtrain.export", "export a checkpoint's inference graphs to ONNX or TorchScript, parity-checked"),
     "report": ("mmtrain.report", "summarize run dirs or a sweep: table best first, CSV, plots"),
 }
 
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
             print(" ".join(n for n in SUBCOMMANDS if n.startswith(prefix)))
             return
         argv = [words[1] if len(words) > 2 else "train", *argv]
+        if argv[0] in _PLAIN_COMMANDS:
+            print(_complete_plain(argv[0], words[2:]))
+            return
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"mmtrain: error: unknown command '{name}' (choose from: {', '.join(SUBCOMMANDS)})",
@@ -137,7 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     if not {"-m", "--multirun"} & set(rest):
         sys.stderr = _DropHydraJobLine(sys.stderr)
     try:
-        importlib.import_module(SUBCOMMANDS[name][0]).main()
+        if not shell_completion:
+            _check_paths(name, rest)
+        entry = importlib.import_module(SUBCOMMANDS[name][0]).main
+        if shell_completion and name == "eval":
+            _complete_eval_keys_only(entry)
+        else:
+            entry()
     except KeyboardInterrupt:
         print("mmtrain: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -145,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         if full_error:
             traceback.print_exc()
         # The exit code survives a full traceback: a preempted run must still say 75.
-        sys.exit(_report(exc))
+        sys.exit(_report(exc, name, rest))
     finally:
         # In-process callers (tests, notebooks) get their environment back.
         sys.argv, sys.stderr = saved_argv, saved_stderr
@@ -155,24 +168,94 @@ def main(argv: list[str] | None = None) -> None:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
 
 
-def _report(exc: Exception) -> int:
+# Commands with an argparse front end rather than Hydra's: completed from their own --help.
+_PLAIN_COMMANDS = ("data", "report")
+
+
+def _complete_plain(command: str, words: list[str]) -> str:
+    """The options and choices the command's parser offers at this point of the line (what
+    argparse lists in --help), those starting with the word being typed."""
+    import contextlib
+    import io
+
+    typed = [w for w in words[:-1] if w and not w.startswith("-")]
+    prefix = words[-1] if words else ""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
+        importlib.import_module(SUBCOMMANDS[command][0]).main([*typed[:1], "--help"])
+    usage = buffer.getvalue()
+    offered = re.findall(r"(?<![\w-])(--[a-z][\w-]*)", usage)
+    if len(typed) < 2:  # a positional may come next: its choices, e.g. {download,synth}
+        choices = re.search(r"^  \{([\w,-]+)\}", usage, re.MULTILINE)
+        offered += choices.group(1).split(",") if choices else []
+    return " ".join(dict.fromkeys(w for w in offered if w.startswith(prefix)))
+
+
+def _complete_eval_keys_only(entry: Any) -> None:
+    """eval shares the config folder with train, so Hydra would offer train's groups too:
+    keep the candidates that name one of eval's own keys (and hydra's)."""
+    import contextlib
+    import dataclasses
+    import io
+
+    from mmtrain.config import EvalConfig
+
+    fields = dataclasses.fields(EvalConfig)
+    keys = {f.name for f in fields} | {"hydra"}
+    # `data` is a node of overrides there (data.root=DIR), not the train config's group.
+    groups_too = {f"{f.name}=" for f in fields if str(f.type).startswith("Dict")}
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        entry()
+    words = buffer.getvalue().split()
+    print(" ".join(w for w in words if w not in groups_too
+                   and re.split(r"[=./]", w.lstrip("+~"), maxsplit=1)[0] in keys))
+
+
+# key=value arguments naming a file or folder that must exist, by command: checked before
+# Hydra and torch start, so a mistyped path is answered in a fraction of a second.
+_PATH_ARGS: dict[str, dict[str, str]] = {
+    "eval": {"ckpt": "file", "run": "dir"},
+    "train": {"trainer.resume": "any"},
+}
+
+
+def _check_paths(command: str, args: list[str]) -> None:
+    from mmtrain.errors import CheckpointError
+
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        kind = _PATH_ARGS.get(command, {}).get(key.lstrip("+"))
+        if not sep or kind is None or value in ("", "null", "true", "false", "True", "False"):
+            continue
+        path = os.path.expanduser(value)
+        missing = {"file": not os.path.isfile(path), "dir": not os.path.isdir(path),
+                   "any": not os.path.exists(path)}[kind]
+        if missing:
+            what = {"file": "checkpoint", "dir": "run dir", "any": "checkpoint or run dir"}[kind]
+            raise CheckpointError(f"{what} not found: {value} ({key}=)")
+
+
+def _report(exc: Exception, command: str = "", args: list[str] = ()) -> int:
     from mmtrain.errors import MmtrainError
 
     user_error = isinstance(exc, MmtrainError)
     code = exc.exit_code if isinstance(exc, MmtrainError) else 1
-    try:
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
-        if isinstance(exc, (HydraException, OmegaConfBaseException)):
-            user_error, code = True, 2
-    except ImportError:
-        pass
+    # Only a command that imported Hydra or OmegaConf can raise their errors.
+    config_errors = tuple(getattr(sys.modules[m].errors, c) for m, c in
+                          (("hydra", "HydraException"), ("omegaconf", "OmegaConfBaseException"))
+                          if m in sys.modules and hasattr(sys.modules[m], "errors"))
+    if config_errors and isinstance(exc, config_errors):
+        user_error, code = True, 2
     message = _one_line(exc)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         # A full disk outside the atomic writers (a log line): still one line, exit 2.
         user_error, code = True, 2
         message = f"no space left on device writing {exc.filename or 'a file'}: free some space and run again"
+    if user_error and command in ("train", "eval"):
+        from mmtrain.suggest import improve
+
+        message = improve(message, command, list(args))
     if not user_error:
         message = f"{type(exc).__name__}: {message} (set HYDRA_FULL_ERROR=1 for the traceback)"
     print(f"mmtrain: error: {message}", file=sys.stderr)

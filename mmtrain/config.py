@@ -8,6 +8,7 @@ anywhere fails at start with the key, the class and the keys it accepts.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import math
@@ -58,9 +59,15 @@ class TrainerConfig:
     max_nonfinite_steps: int = 20
     """Steps with a non-finite gradient are skipped; this many in a row stop the run."""
     log_every_n_steps: int = 10
+    num_threads: Optional[int] = None
+    """CPU threads for torch ops; null: OMP_NUM_THREADS if set, else the cores this process may
+    use (its CPU affinity) divided among torchrun's processes on the machine."""
+    max_epochs: Optional[int] = None
+    """Cap every stage at this many epochs (+debug=fast sets 1); null: each stage's own."""
     limit_train_batches: Optional[int] = None
     """Stop each epoch after this many batches (smoke tests, benchmarks)."""
     limit_eval_batches: Optional[int] = None
+    """Validation (and the final test) on this many batches only: smoke tests, +debug=fast."""
     resume: Any = False
     """false, true (the run dir's newest last.pt) or a checkpoint path."""
     deterministic: bool = False
@@ -92,6 +99,11 @@ class StageConfig:
     monitor_mode: Optional[str] = None
     """max or min: whether a larger monitor value is better; null infers it (min for a
     *loss metric, else the task's own)."""
+    patience: Optional[int] = None
+    """Early stopping: end the stage after this many epochs without the monitor improving by
+    more than `min_delta`; null trains every epoch."""
+    min_delta: float = 0.0
+    """The smallest change of the monitor that counts as an improvement for `patience`."""
 
 
 @dataclass
@@ -102,8 +114,33 @@ class ModelConfig:
 
 
 @dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "mmtrain"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    """Runs of one sweep share a group in the W&B UI, e.g. logger.wandb.group=fusions."""
+    tags: List[str] = field(default_factory=list)
+    mode: Optional[str] = None
+    """online, offline (sync later with `wandb sync`) or disabled; null: $WANDB_MODE, else online."""
+
+
+@dataclass
+class MlflowConfig:
+    enabled: bool = False
+    tracking_uri: Optional[str] = None
+    """A server (http://...), sqlite:///mlflow.db, or a local file store (file:/path/mlruns, no
+    server needed); null: $MLFLOW_TRACKING_URI, else ./mlruns where the run was started."""
+    experiment: str = "mmtrain"
+
+
+@dataclass
 class LoggerConfig:
+    """log.jsonl and metrics.csv are always written; these add the other backends."""
+
     tensorboard: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass
@@ -120,6 +157,8 @@ class TrainConfig:
     """Experiment name: the run dir is outputs/<name>/<timestamp>."""
     test: bool = True
     """Evaluate the final model on the test split when training ends."""
+    print_config: bool = True
+    """Log the composed config (YAML) at start, to the console and train.log."""
 
 
 @dataclass
@@ -158,10 +197,98 @@ def config_dir() -> str:
     raise ConfigError(f"mmtrain's configs are missing (looked in {here / 'conf'}): reinstall the package")
 
 
+@dataclass
+class CheckpointInputConfig:
+    """What every command that reads a checkpoint for inference (predict, embed, search,
+    export) takes besides its own options."""
+
+    trust_config: bool = False
+    """As for `mmtrain eval`: build whatever `_target_` the checkpoint's config names."""
+    allow_targets: List[str] = field(default_factory=list)
+    """As for `mmtrain eval`: module prefixes a checkpoint's config may also name."""
+
+
+@dataclass
+class PredictConfig(CheckpointInputConfig):
+    ckpt: Optional[str] = None
+    image: Optional[str] = None
+    """A file, a folder (searched recursively) or a glob pattern."""
+    text: Optional[str] = None
+    text_file: Optional[str] = None
+    """One text per line."""
+    labels: Optional[List[str]] = None
+    """Zero-shot classification with a contrastive checkpoint: the class names."""
+    template: str = "a photo of a {}"
+    top_k: int = 5
+    beam_size: Optional[int] = None
+    """Captioning: default the checkpoint's; 1 = greedy."""
+    pairing: str = "zip"
+    """zip: image i with text i (a single image or text goes with every one); all: every pair."""
+    truncate: bool = False
+    """Cut texts longer than the model accepts instead of refusing them."""
+    batch_size: int = 64
+    num_workers: int = 0
+    device: str = "auto"
+    out: Optional[str] = None
+    """A .json or .csv file for the results."""
+
+
+@dataclass
+class EmbedConfig(CheckpointInputConfig):
+    ckpt: Optional[str] = None
+    images: Optional[str] = None
+    """A folder, searched recursively for every file Pillow reads."""
+    texts: Optional[str] = None
+    """Instead of images: a text file, one entry per line (a text index)."""
+    out: Optional[str] = None
+    """The index folder; an existing one built the same way is resumed."""
+    batch_size: int = 64
+    num_workers: int = 2
+    shard_size: int = 4096
+    """Embeddings per shard: an interrupted run loses at most one shard of work."""
+    skip_unreadable: bool = False
+    truncate: bool = False
+    progress: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class SearchConfig(CheckpointInputConfig):
+    index: Optional[str] = None
+    text: Optional[str] = None
+    image: Optional[str] = None
+    k: int = 10
+    sheet: Optional[str] = None
+    """A .png contact sheet of the top k (image indexes)."""
+    out: Optional[str] = None
+    ckpt: Optional[str] = None
+    """Default: the checkpoint that built the index (it must be the same file)."""
+    truncate: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class ExportConfig(CheckpointInputConfig):
+    ckpt: Optional[str] = None
+    format: str = "onnx"
+    """onnx | torchscript"""
+    out: Optional[str] = None
+    """A new (or empty) folder for the graphs, tokenizer.json and preprocess.json."""
+    image: Optional[str] = None
+    """Images (file, folder or glob; up to 16 used) for the parity check; default: random pixels."""
+    text_file: Optional[str] = None
+    """Texts (one per line) for the parity check; default: sentences of vocabulary words.
+    Export and its check run on the CPU, in fp32."""
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="embed_schema", node=EmbedConfig)
+    cs.store(name="search_schema", node=SearchConfig)
+    cs.store(name="export_schema", node=ExportConfig)
 
 
 def _walk_targets(node: Any, path: str):
@@ -201,9 +328,12 @@ def check_targets(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
             if str(key).startswith("_"):
                 continue
             if key not in params:
-                accepted = ", ".join(n for n in params if n not in ("self",)) or "nothing"
+                names = [n for n in params if n not in ("self",)]
+                guess = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+                hint = f" did you mean {path}.{guess[0]}?" if guess else ""
                 raise ConfigError(
-                    f"{path}.{key}: '{node._target_}' has no option '{key}' (it accepts: {accepted})"
+                    f"{path}.{key}: '{node._target_}' has no option '{key}' (it accepts: "
+                    f"{', '.join(names) or 'nothing'}){hint}"
                 )
 
 
@@ -227,6 +357,10 @@ def check_train_config(cfg: DictConfig) -> None:
     for name, stage in cfg.stages.items():
         if stage.epochs < 0:
             raise ConfigError(f"stages.{name}.epochs={stage.epochs} must be >= 0")
+        if stage.patience is not None and stage.patience < 1:
+            raise ConfigError(f"stages.{name}.patience={stage.patience} must be >= 1 (null: no early stop)")
+        if stage.min_delta < 0:
+            raise ConfigError(f"stages.{name}.min_delta={stage.min_delta} must be >= 0")
     if cfg.trainer.batch_size < 1 or (cfg.trainer.eval_batch_size or 1) < 1:
         raise ConfigError("trainer.batch_size and trainer.eval_batch_size must be >= 1")
     if cfg.trainer.accumulate_grad_batches < 1:
@@ -234,6 +368,11 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.trainer.contrastive_accumulation not in CONTRASTIVE_ACCUMULATION:
         raise ConfigError(f"trainer.contrastive_accumulation={cfg.trainer.contrastive_accumulation!r} "
                           f"is not one of {', '.join(CONTRASTIVE_ACCUMULATION)}")
+    for key in ("num_threads", "max_epochs", "limit_train_batches", "limit_eval_batches"):
+        if cfg.trainer[key] is not None and cfg.trainer[key] < 1:
+            raise ConfigError(f"trainer.{key}={cfg.trainer[key]} must be >= 1 (null: no limit / the default)")
+    if cfg.logger.wandb.mode not in (None, "online", "offline", "disabled"):
+        raise ConfigError(f"logger.wandb.mode={cfg.logger.wandb.mode!r}: choose online, offline or disabled")
     if cfg.trainer.max_nonfinite_steps < 1:
         raise ConfigError("trainer.max_nonfinite_steps must be >= 1")
     check_values(cfg)

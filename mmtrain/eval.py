@@ -67,7 +67,18 @@ def resolve_checkpoint(ckpt: str | None, run_dir: str | None) -> Path:
         best = root / "checkpoints" / str(name) / "best.pt"
         if best.is_file():
             return best
+    if not (root / "checkpoints").is_dir():
+        runs = _runs_below(root)
+        if runs:
+            shown = ", ".join(str(r) for r in runs[:10]) + (f" and {len(runs) - 10} more" if len(runs) > 10 else "")
+            raise CheckpointError(f"{root} is not a run dir but holds {len(runs)} run(s): pass one as "
+                                  f"run=DIR: {shown}")
     raise CheckpointError(f"{root} has no checkpoints/<stage>/best.pt: did its training finish a stage?")
+
+
+def _runs_below(root: Path) -> list[Path]:
+    """Run dirs (with checkpoints) inside a parent folder such as outputs/<name> or a sweep."""
+    return sorted({p.parent.parent.parent for p in root.glob("**/checkpoints/*/best.pt")})
 
 
 @dataclass

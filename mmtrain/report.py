@@ -121,7 +121,9 @@ def read_run(path: Path) -> Run:
         error = lines[-1] if lines else ""
     run = Run(path=path, status=state, error=error.splitlines()[0] if error else "",
               overrides=_read_overrides(path))
-    if status.get("ended") and status.get("started"):
+    if status.get("seconds") is not None:  # every session of a resumed run, summed by train
+        run.seconds = float(status["seconds"])
+    elif status.get("ended") and status.get("started"):
         run.seconds = float(status["ended"]) - float(status["started"])
     for stage, res in (metrics.get("stages") or {}).items():
         for k, v in (res.get("val") or {}).items():
@@ -213,12 +215,28 @@ def build_report(paths: list[Path], metric: str | None = None, mode: str | None 
                   columns=columns)
 
 
+def configured(path: Path, key: str) -> str:
+    """The value a run used for `key` without overriding it: a group's choice from
+    .hydra/hydra.yaml, any other key from .hydra/config.yaml; "" when the run has neither."""
+    from omegaconf import OmegaConf
+
+    try:
+        if "/" in key or key in ("data", "optimizer", "scheduler", "stages", "trainer", "logger"):
+            value = OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra.runtime.choices.get(key)
+        else:
+            value = OmegaConf.select(OmegaConf.load(path / ".hydra" / "config.yaml"), key)
+    except Exception:  # a missing or unreadable file: nothing to show
+        return ""
+    return "" if value is None or not isinstance(value, (str, int, float, bool)) else str(value)
+
+
 def _rows(report: Report) -> tuple[list[str], list[list[Any]]]:
     header = ["rank", "run", "status", *report.swept, *report.columns, "seconds", "error"]
     rows = []
     for i, (run, name) in enumerate(zip(report.runs, report.names)):
         rows.append([i + 1 if i < report.ranked else "", name, run.status,
-                     *(run.overrides.get(k, "") for k in report.swept),
+                     *(run.overrides[k] if k in run.overrides else configured(run.path, k)
+                       for k in report.swept),
                      *(run.metrics.get(m, "") for m in report.columns),
                      "" if run.seconds is None else f"{run.seconds:.1f}", run.error])
     return header, rows
@@ -247,7 +265,8 @@ def to_markdown(report: Report) -> str:
         header, rows = header[:-1], [r[:-1] for r in rows]
     title = (f"Ranked by {report.metric} ({report.mode}), best first" if report.ranked
              else "No run has finished: none ranked")
-    lines = [f"{title}; {len(report.runs)} runs, {report.ranked} ranked.", "",
+    count = f"{len(report.runs)} run" + ("" if len(report.runs) == 1 else "s")
+    lines = [f"{title}; {count}, {report.ranked} ranked.", "",
              "| " + " | ".join(header) + " |",
              "|" + "|".join("---:" if h in ("rank", "seconds") or h in report.columns else "---"
                             for h in header) + "|"]
@@ -286,10 +305,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=("max", "min"),
                         help="whether higher or lower is better (default: from the runs' monitors)")
     parser.add_argument("--out", type=Path, help="where summary.md, summary.csv and plots/ go "
-                                                 "(default: DIR, when there is one)")
+                                                 "(default: DIR, when there is one; next to a single "
+                                                 "run dir, as DIR_report/, not into it)")
+    parser.add_argument("--format", choices=("md", "csv"), help="print only the table, as Markdown "
+                        "(for a paper or an issue) or CSV, ready to paste or redirect")
+    parser.add_argument("--markdown", action="store_const", const="md", dest="format",
+                        help="the same as --format md")
     args = parser.parse_args(argv)
     if args.out is None and len(args.dirs) > 1:
         raise ConfigError(f"{len(args.dirs)} folders given: pass --out DIR to say where the report goes")
     out = args.out or args.dirs[0]
-    _, markdown = write_report(args.dirs, out, args.metric, args.mode)
-    print(markdown + f"\nwritten: {out / 'summary.md'}, {out / 'summary.csv'}, {out / 'plots'}/")
+    if args.out is None and _is_run(out):  # a run dir holds what training wrote, nothing else
+        out = out.with_name(out.name + "_report")
+    report, markdown = write_report(args.dirs, out, args.metric, args.mode)
+    if args.format == "md":
+        print("\n".join(line for line in markdown.splitlines() if line.startswith("|")))
+    elif args.format == "csv":
+        print(to_csv(report), end="")
+    else:
+        print(markdown + f"\nwritten: {out / 'summary.md'}, {out / 'summary.csv'}, {out / 'plots'}/")

@@ -50,21 +50,36 @@ def run(cfg: DictConfig) -> float | None:
         logging.getLogger("mmtrain").setLevel(logging.WARNING)
     status = run_dir / "status.json"
     started = time.time()
-    prepare_run_dir(cfg, run_dir)  # refuse before writing anything into another run's dir
+    resume_path = prepare_run_dir(cfg, run_dir)  # refuse before writing anything into another run's dir
+    # A run continued in its own dir counts its earlier sessions' time too (reports show it).
+    earlier = _earlier_seconds(status) if resume_path is not None and _inside(resume_path, run_dir) else 0.0
     if main_rank:
-        write_json(status, {"status": "running", "started": started})
+        write_json(status, {"status": "running", "started": started, "seconds": earlier})
     try:
         summary = train(cfg, run_dir)
     except BaseException as e:
         state = "interrupted" if isinstance(e, (KeyboardInterrupt, Preempted)) else "failed"
         if main_rank:
-            write_json(status, {"status": state, "started": started, "ended": time.time(),
-                                 "error": f"{type(e).__name__}: {e}"})
+            ended = time.time()
+            write_json(status, {"status": state, "started": started, "ended": ended,
+                                 "seconds": earlier + ended - started, "error": f"{type(e).__name__}: {e}"})
             (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         raise
     if main_rank:
-        write_json(status, {"status": "completed", "started": started, "ended": time.time()})
+        ended = time.time()
+        write_json(status, {"status": "completed", "started": started, "ended": ended,
+                            "seconds": earlier + ended - started})
     return summary.get("objective")
+
+
+def _earlier_seconds(status: Path) -> float:
+    """The time the run's earlier sessions took, from the status.json they left."""
+    from mmtrain.report import read_json
+
+    state = read_json(status) or {}
+    if state.get("ended") and state.get("started"):
+        return float(state.get("seconds") or float(state["ended"]) - float(state["started"]))
+    return float(state.get("seconds") or 0.0)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -156,23 +171,27 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
             task.attach(model, info)
             by_name[task.name] = (stage_cfg.task, task)
         monitor = stage_cfg.monitor or task.monitor
-        stages.append(Stage(name=str(name), task=task, epochs=stage_cfg.epochs,
+        cap = cfg.trainer.get("max_epochs")
+        epochs = stage_cfg.epochs if cap is None else min(stage_cfg.epochs, cap)
+        stages.append(Stage(name=str(name), task=task, epochs=epochs,
                             freeze=list(stage_cfg.freeze), lr=stage_cfg.lr,
                             lr_scale=dict(stage_cfg.lr_scale),
-                            monitor=monitor, monitor_mode=_monitor_mode(name, stage_cfg, task, monitor)))
+                            monitor=monitor, monitor_mode=_monitor_mode(name, stage_cfg, task, monitor),
+                            patience=stage_cfg.get("patience"), min_delta=stage_cfg.get("min_delta", 0.0)))
     return stages
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_train_config(cfg)
+    if cfg.print_config and int(os.environ.get("RANK", "0")) == 0:
+        log.info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True).rstrip())
     from mmtrain import data as data_lib
     from mmtrain.engine import distributed
-    from mmtrain.engine.checkpoint import (checkpoint_tokenizer, config_mismatch, load_checkpoint,
-                                           load_model_state)
-    from mmtrain.engine.logger import MetricLogger
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, config_mismatch, load_checkpoint
+    from mmtrain.engine.logger import MetricLogger, final_metrics, hyperparameters, run_name, task_overrides
     from mmtrain.engine.precision import resolve_device, resolve_precision
-    from mmtrain.engine.trainer import Trainer, evaluate
-    from mmtrain.data.loader import make_loader
+    from mmtrain.engine.threads import set_num_threads
+    from mmtrain.engine.trainer import Trainer
     from mmtrain.models.model import build_model
 
     resume_path = prepare_run_dir(cfg, run_dir)
@@ -199,6 +218,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             _adopt_checkpoints(resume_path, resume, run_dir, distributed.rank() == 0)
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
+    threads = set_num_threads(cfg.trainer.num_threads)
     device = resolve_device(cfg.trainer.device)
     tokenizer = checkpoint_tokenizer(resume, resume_path) if resume else None
     first = distributed.rank() == 0
@@ -210,13 +230,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model = build_model(cfg.model, data.info)
     stages = build_tasks(cfg, model, data.info)
     main_rank = distributed.rank() == 0
-    logger = MetricLogger(run_dir, tensorboard=cfg.logger.tensorboard, enabled=main_rank)
+    logger = MetricLogger(run_dir, cfg.logger, enabled=main_rank, name=run_name(run_dir), config=container)
+    hparams = hyperparameters(cfg, task_overrides())
+    logger.log_config(OmegaConf.to_yaml(cfg, resolve=True), hparams)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run dir: %s | device: %s | precision: %s | %.2fM parameters | %d/%d/%d train/val/test"
-             " | %d process(es) x batch %d x %d accumulated", run_dir, device,
+             " | %d process(es) x batch %d x %d accumulated | %d CPU threads", run_dir, device,
              resolve_precision(cfg.trainer.precision, device), n_params / 1e6, len(data.train),
              len(data.val), len(data.test), distributed.world_size(), cfg.trainer.batch_size,
-             cfg.trainer.accumulate_grad_batches)
+             cfg.trainer.accumulate_grad_batches, threads)
     if resume is not None:
         log.info("resuming from %s at %s", resume_path, resume["position"])
 
@@ -225,9 +247,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                       logger=logger)
     try:
         results = trainer.fit(stages, resume=resume)
+        summary = _test_and_summarize(cfg, run_dir, trainer, stages, results, main_rank)
+        logger.log_final(hparams, final_metrics(summary), trainer.global_step,
+                         [Path(p) for p in summary.get("artifacts", [])])
     finally:
         logger.close()
+    return summary
 
+
+def _test_and_summarize(cfg: DictConfig, run_dir: Path, trainer: Any, stages: list, results: dict,
+                        main_rank: bool) -> dict[str, Any]:
+    """Rank 0 tests the last stage's best.pt, writes metrics.json and prints the table."""
+    from mmtrain.data.loader import make_loader
+    from mmtrain.engine import distributed, epoch_log
+    from mmtrain.engine.checkpoint import load_checkpoint, load_model_state
+    from mmtrain.engine.trainer import evaluate
+
+    model, data, device = trainer.model, trainer.data, trainer.device
     final = stages[-1]
     summary: dict[str, Any] = {"stages": results, "run_dir": str(run_dir)}
     if not main_rank:  # rank 0 tests, writes metrics.json and prints
@@ -239,24 +275,44 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         loader = make_loader(data.test, trainer.eval_batch_size, train=False,
                              num_workers=cfg.trainer.num_workers, device=device)
         with distributed.local_only():  # rank 0 alone: a task's collectives must not wait on others
-            summary["test"] = evaluate(model, final.task, loader, device, trainer.precision)
+            summary["test"] = evaluate(model, final.task, loader, device, trainer.precision,
+                                       limit=cfg.trainer.limit_eval_batches)
         summary["test_checkpoint"] = str(best_path)
         if hasattr(final.task, "write_artifacts"):
             summary["artifacts"] = [str(p) for p in final.task.write_artifacts(run_dir / "artifacts")]
     write_json(run_dir / "metrics.json", summary)
+    log.info(epoch_log.run_end(summary, time.perf_counter() - trainer.started))
     print_summary(summary)
     return summary
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """(where the figure comes from, metric, value): every figure names its split and checkpoint."""
     rows = []
-    for stage, res in summary["stages"].items():
-        for k, v in res["val"].items():
-            rows.append((f"{stage}/val", k, v))
-    for k, v in summary.get("test", {}).items():
-        rows.append(("test", k, v))
-    width = max((len(r[0]) + len(r[1]) + 1 for r in rows), default=10)
-    lines = [f"{'metric':<{width}}  value", "-" * (width + 10)]
-    lines += [f"{scope + '/' + name:<{width}}  {value:.4f}" for scope, name, value in rows]
+    stages = summary["stages"]
+    for stage, res in stages.items():
+        best, last = res["best"], res.get("last_epoch")
+        same = best.get("epoch") == last and best.get("metrics")
+        label = f"{stage}/val (last epoch {last}{', best' if same else ''})" if last is not None \
+            else f"{stage}/val (last epoch)"
+        rows += [(label, k, v) for k, v in res["val"].items()]
+        if not same and best.get("value") is not None:
+            shown = best.get("metrics") or {best["metric"]: best["value"]}
+            rows += [(f"{stage}/val (best, epoch {best['epoch']})", k, v) for k, v in shown.items()]
+    if "test" in summary:
+        final = stages[list(stages)[-1]]["best"]
+        where = "/".join(Path(summary["test_checkpoint"]).parts[-2:])
+        label = f"test ({where}, epoch {final['epoch']})" if final.get("epoch") is not None \
+            else f"test ({where})"
+        rows += [(label, k, v) for k, v in summary["test"].items()]
+    return rows
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    rows = summary_rows(summary)
+    scope_w = max((len(r[0]) for r in rows), default=5)
+    name_w = max((len(r[1]) for r in rows), default=6)
+    lines = [f"{'split (checkpoint)':<{scope_w}}  {'metric':<{name_w}}  value", "-" * (scope_w + name_w + 12)]
+    lines += [f"{scope:<{scope_w}}  {name:<{name_w}}  {value:.4f}" for scope, name, value in rows]
     lines.append(f"run dir: {summary['run_dir']}")
     print("\n".join(lines), flush=True)

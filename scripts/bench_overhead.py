@@ -88,7 +88,7 @@ def mmtrain_round(cfg: Any, data: Any, device: torch.device, steps: int) -> list
     model, stage = build(cfg, data)
     marks: list[float] = []
     with tempfile.TemporaryDirectory() as run_dir:
-        logger = MetricLogger(Path(run_dir), tensorboard=False)
+        logger = MetricLogger(Path(run_dir))
         trainer = Trainer(model, data, Path(run_dir), trainer_cfg=cfg.trainer, optimizer_cfg=cfg.optimizer,
                           scheduler_cfg=cfg.scheduler, device=device, seed=cfg.seed,
                           config=OmegaConf.to_container(cfg, resolve=True), logger=logger)

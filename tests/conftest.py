@@ -16,6 +16,11 @@ from omegaconf import DictConfig
 from mmtrain.config import register_schemas
 from mmtrain.train import config_dir
 
+# Tiny models on a shared 2-core machine: a second OpenMP thread per process only adds
+# waiting. The trainer's default thread count (trainer.num_threads=null) follows this, in
+# process and in the `mmtrain` subprocesses the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Small enough to train in seconds on 2 cores, big enough to learn something.
 TINY = [
     "data.n_train=512", "data.n_val=128", "data.n_test=128",
@@ -45,8 +50,9 @@ def mmtrain_exe() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "mmtrain"]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 240, env: dict | None = None
+def run_cli(args: list[str], cwd: Path, timeout: int = 1200, env: dict | None = None
             ) -> subprocess.CompletedProcess:
+    """The installed command; `timeout` only guards against a hang, never a slow machine."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(mmtrain_exe() + args, cwd=cwd, capture_output=True, text=True,
@@ -69,3 +75,22 @@ def _cache_dir_of_this_session(tmp_path_factory):
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def coco_clip(tmp_path_factory) -> tuple[Path, Path]:
+    """(best.pt of a tiny CLIP-style model, the COCO fixture it was trained on), trained once
+    for the predict, embed/search and export tests; they only read both."""
+    from tests.inference_helpers import train_coco_clip
+
+    return train_coco_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_classifier(tmp_path_factory) -> Path:
+    """best.pt of a classification stage trained for seconds on the synthetic set."""
+    from tests.inference_helpers import train
+    from tests.trainer_utils import TINY as TINY_RUN
+
+    run = train(tmp_path_factory.mktemp("classifier") / "run", [*TINY_RUN, "~stages.pretrain"])
+    return run / "checkpoints/finetune/best.pt"

@@ -39,7 +39,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def run_mmtrain(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 240
+def run_mmtrain(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 1200
                 ) -> subprocess.CompletedProcess:
     """The installed command with one OpenMP thread (tiny models; see one_thread)."""
     return run_cli(args, cwd, timeout=timeout, env={"OMP_NUM_THREADS": "1", **(env or {})})

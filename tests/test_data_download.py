@@ -196,3 +196,13 @@ def test_synth_refuses_a_folder_that_already_holds_files(tmp_path):
                                   f"to a new folder (or pass --force to write into this one)")
     assert (root / "IMDB Dataset.csv").read_text() == "review,sentiment\nreal,positive\n"
     assert not (root / "MNIST").exists()
+
+
+def test_an_unreachable_network_says_so_and_how_to_go_on(tmp_path):
+    # .invalid never resolves (RFC 2606): the error a machine without a network sees.
+    with pytest.raises(DataError) as info:
+        dl.fetch("http://mnist.invalid/train-images-idx3-ubyte.gz", tmp_path / "downloads" / "x.gz",
+                 "0" * 32, progress=False)
+    message = str(info.value)
+    assert "the network is unreachable" in message and "--mirror URL" in message
+    assert f"place x.gz in {tmp_path / 'downloads'} by hand" in message

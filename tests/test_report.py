@@ -147,7 +147,7 @@ def test_help_and_report_do_not_import_torch(sweep):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print('NO TORCH')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "NO TORCH" in out.stdout and "summarize run dirs" in out.stdout  # the help lists report
     assert (sweep / "summary.csv").is_file()
@@ -173,3 +173,33 @@ def test_a_malformed_run_dir_is_skipped_with_a_warning_naming_it(sweep, capsys, 
     assert [r["run"] for r in rows][:3] == ["2", "3", "0"]
     assert not any(r["run"] in bad for r in rows)
     assert (sweep / "plots" / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_parent_folder_of_runs_and_sweeps_reports_defaults_and_a_markdown_table(sweep, tmp_path, capsys):
+    # outputs/ beside multirun/: a single run that kept the default fusion, and the sweep.
+    single = make_run(tmp_path / "outputs" / "synthetic" / "t1", ["optimizer.lr=0.01"], "completed", 0.60)
+    (single / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      model/fusion: concat\n")
+    (single / ".hydra" / "config.yaml").write_text("data:\n  n_train: 10000\ntrainer:\n  batch_size: 128\n")
+    # A resumed run: status.json carries the seconds of all its sessions.
+    state = json.loads((single / "status.json").read_text())
+    (single / "status.json").write_text(json.dumps({**state, "seconds": 40.0}))
+    cli_main(["report", str(tmp_path), "--out", str(tmp_path / "all"), "--markdown"])
+    table = capsys.readouterr().out.strip().splitlines()
+    assert all(line.startswith("|") for line in table)  # only the table: paste it as it is
+    row = next(line for line in table if "outputs/synthetic/t1" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    # Keys it did not override show what it used, not a blank.
+    assert cells[header.index("model/fusion")] == "concat"
+    assert cells[header.index("data.n_train")] == "10000"
+    assert cells[header.index("seconds")] == "40.0"
+    assert len([line for line in table if "sweep/" in line]) == 5
+
+
+def test_a_single_run_is_summarized_next_to_it_not_inside_it(tmp_path, capsys):
+    run = make_run(tmp_path / "run", ["optimizer.lr=0.01"], "completed", 0.60)
+    before = sorted(p.name for p in run.iterdir())
+    cli_main(["report", str(run)])
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert (tmp_path / "run_report" / "summary.md").is_file()
+    assert "; 1 run, 1 ranked." in capsys.readouterr().out

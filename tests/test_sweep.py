@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 MMTRAIN = str(Path(sys.executable).parent / "mmtrain")
@@ -23,7 +24,7 @@ def mmtrain(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # Tiny models gain nothing from threads, and on a CPU shared with other tests, spinning
     # OpenMP threads made these sweeps 2-3x slower.
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([MMTRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run([MMTRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -31,6 +32,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_grid_sweep_with_failing_jobs_still_writes_a_summary_ranked_best_first(tmp_path):
     sweep = tmp_path / "sweep"
     # lr=-1 makes AdamW refuse to start: two of the six jobs fail (in their own run dirs), the sweep goes on and then raises.
@@ -68,6 +70,7 @@ def test_grid_sweep_with_failing_jobs_still_writes_a_summary_ranked_best_first(t
     assert "| rank | run | status |" in report.stdout
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_its_trials_and_prints_the_summary(tmp_path):
     sweep = tmp_path / "optuna"
     out = mmtrain("train", "+hparams_search=synthetic_optuna", "hydra.sweeper.n_trials=3",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mmtrain.data.batch import collate
@@ -59,6 +60,7 @@ def _train_accuracy(blank: tuple[str, ...], epochs: int = 4) -> float:
         return task.evaluate(model, (blank_modalities(b, blank, model.image_mean) for b in test))["accuracy"]
 
 
+@pytest.mark.slow
 def test_one_modality_alone_does_clearly_worse_than_both():
     both = _train_accuracy(())
     image_only = _train_accuracy(("text",))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 import torch
 
 from mmtrain.train import train
@@ -16,11 +17,12 @@ from tests.trainer_utils import PER_SAMPLE, PYTHON, TINY, cli_env, make_config, 
 SGD = [*PER_SAMPLE, "optimizer=sgd", "trainer.grad_clip=null"]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "mmtrain", "train", *TINY, *SGD, "name=ddp", "test=true",
            "trainer.batch_size=8", "trainer.accumulate_grad_batches=2"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "ddp").iterdir())
     assert len(runs) == 1, f"ranks wrote {len(runs)} run dirs: {runs}"  # Hydra issue 2070

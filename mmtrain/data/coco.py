@@ -58,8 +58,10 @@ class Records:
         return Records([self.paths[i] for i in keep], self.image_ids[idx], self.first[idx], self.count[idx])
 
 
-def load_image(path: str, size: int) -> torch.Tensor:
-    """JPEG/PNG file -> uint8 3 x size x size: RGB, shorter side resized to `size`, center crop.
+def load_image(path: str, size: int, channels: int = 3,
+               hint: str = "replace the file, or remove it and pass data.missing_images=skip") -> torch.Tensor:
+    """JPEG/PNG file -> uint8 channels x size x size: RGB (or grayscale for channels=1),
+    shorter side resized to `size`, center crop. `hint` ends the error of an unreadable file.
 
     Decoded with Pillow: torchvision 0.29 deprecated its own decoders (torchvision.io), and
     Pillow's JPEG draft mode decodes at a reduced DCT scale when the target is small (a
@@ -71,15 +73,15 @@ def load_image(path: str, size: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as picture:
-            picture.draft("RGB", (size, size))
-            pixels = np.array(picture.convert("RGB"))           # H x W x 3 uint8
+            mode = "L" if channels == 1 else "RGB"
+            picture.draft(mode, (size, size))
+            converted = picture.convert(mode)
+            pixels = np.array(converted).reshape(converted.height, converted.width, -1)  # H x W x C
     except Image.DecompressionBombError as e:
-        raise DataError(f"image {path} is refused as a possible decompression bomb ({e}): "
-                        f"remove it and pass data.missing_images=skip") from None
+        raise DataError(f"image {path} is refused as a possible decompression bomb ({e}): {hint}") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot decode image {path} ({reason}): replace the file, "
-                        f"or remove it and pass data.missing_images=skip") from None
+        raise DataError(f"cannot decode image {path} ({reason}): {hint}") from None
     image = torch.from_numpy(pixels).permute(2, 0, 1)
     image = TF.resize(image, size, antialias=True)
     return TF.center_crop(image, [size, size]).contiguous()

@@ -8,10 +8,12 @@ server on 127.0.0.1.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
 import shutil
+import socket
 import tarfile
 import urllib.error
 import urllib.request
@@ -119,7 +121,13 @@ def fetch(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
         if not (e.code == 416 and have):  # 416 on a resume: the partial file is already complete
             failure = f"HTTP {e.code} {e.reason}"
     except (urllib.error.URLError, OSError) as e:
-        failure = str(getattr(e, "reason", e))
+        reason = getattr(e, "reason", e)
+        failure = str(reason)
+        if isinstance(reason, (socket.gaierror, ConnectionError, TimeoutError, socket.timeout)) or \
+                getattr(reason, "errno", None) in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            failure = (f"the network is unreachable ({reason}): retry when online, fetch from a "
+                       f"mirror with --mirror URL (or ${MIRROR_ENV}), or place {dest.name} in "
+                       f"{dest.parent} by hand (it is verified and extracted from there)")
     if failure is not None:
         # Raised outside the except block so the CLI's one-line message carries no chained cause.
         kept = f"; {part} is kept and the download resumes from it" if part.is_file() else ""

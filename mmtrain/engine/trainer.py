@@ -30,6 +30,7 @@ from mmtrain.data.loader import make_loader, to_device
 from mmtrain.engine import distributed as dist
 from mmtrain.engine.checkpoint import (FORMAT_VERSION, CheckpointSaver, load_model_state,
                                        remove_partial_writes, rng_state, set_rng_state)
+from mmtrain.engine import epoch_log
 from mmtrain.engine.contrastive_cache import cached_contrastive_backward, supports_cache
 from mmtrain.engine.logger import MetricLogger
 from mmtrain.engine.optimizer import build_optimizer
@@ -52,6 +53,9 @@ class Stage:
     lr_scale: dict[str, float]
     monitor: str
     monitor_mode: str
+    patience: int | None = None
+    """Stop the stage after this many validations without a `min_delta` improvement; None: never."""
+    min_delta: float = 0.0
 
 
 @dataclass
@@ -115,6 +119,12 @@ class Trainer:
         self.stop = StopSignal()
         self.meter = ThroughputMeter(device, self.world_size)
         self._global_step = 0
+        self.started = time.perf_counter()
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken so far, over all stages (resumed runs included)."""
+        return self._global_step
 
     @property
     def eval_batch_size(self) -> int:
@@ -127,6 +137,8 @@ class Trainer:
 
     def fit(self, stages: list[Stage], resume: dict[str, Any] | None = None) -> dict[str, dict]:
         """Run every stage; returns each stage's final validation metrics and best value."""
+        self.started = time.perf_counter()
+        self.stage_count = len(stages)
         start = Position()
         if resume is not None:
             load_model_state(self.model, resume["model"], "resume")
@@ -142,7 +154,7 @@ class Trainer:
                 if index == start.stage_index and start.epoch >= stage.epochs and stage.epochs > 0:
                     # The checkpoint was written when this stage had finished: carry on from
                     # the RNG state it ended with, as the uninterrupted run did.
-                    results[stage.name] = {"val": resume["metrics"], "best": resume["best"]}
+                    results[stage.name] = self._stage_result(stage, resume["metrics"], resume["best"])
                     set_rng_state(resume["rng"])
                     self.resume_state = None
                     continue
@@ -167,7 +179,7 @@ class Trainer:
         scheduler = instantiate(self.scheduler_cfg)(optimizer, total_steps=steps_per_epoch * stage.epochs)
         scaler = grad_scaler(self.device, self.precision)
         best = {"metric": stage.monitor, "mode": stage.monitor_mode, "value": None, "epoch": None,
-                "top": []}
+                "top": [], "metrics": {}, "wait": 0, "reference": None}
         metrics: dict[str, float] = {}
         if self.resume_state is not None:
             state, self.resume_state = self.resume_state, None
@@ -190,19 +202,62 @@ class Trainer:
         if self.meter.peak and stage.epochs > pos.epoch:
             self.meter.flops_per_sample = self._flops_per_sample(StageModule(self.model, stage.task), stage)
 
+        if self.is_main:
+            log.info(epoch_log.stage_start(
+                name=stage.name, index=pos.stage_index, count=self.stage_count,
+                task=type(stage.task).__name__, n_epochs=stage.epochs, start_epoch=pos.epoch,
+                steps_per_epoch=steps_per_epoch,
+                samples_per_step=self.cfg.batch_size * accumulate * self.world_size,
+                # The configured (peak) learning rate: a warmup starts the schedule below it.
+                frozen=stage.freeze, lr=stage.lr if stage.lr is not None else self.optimizer_cfg.lr,
+                lr_scale=stage.lr_scale, monitor=stage.monitor,
+                mode=stage.monitor_mode, patience=stage.patience, min_delta=stage.min_delta))
         if stage.epochs == 0:  # evaluate-only stage: still leaves last.pt/best.pt for eval
             metrics = self.validate(stage)
             self._update_best(ctx, metrics, epoch=0)
             self._save_last(ctx, Position(pos.stage_index, 0, 0, self._global_step))
+        stage_started = time.perf_counter()
         for epoch in range(pos.epoch, stage.epochs):
             skip = pos.step if epoch == pos.epoch else 0
-            self._train_epoch(ctx, pos.stage_index, epoch, skip, steps_per_epoch, accumulate)
+            train_loss, samples_per_s = self._train_epoch(ctx, pos.stage_index, epoch, skip,
+                                                          steps_per_epoch, accumulate)
             metrics = self.validate(stage)
             self.logger.log({f"{stage.name}/val/{k}": v for k, v in metrics.items()}, self._global_step,
                             stage=stage.name, epoch=epoch + 1, split="val")
-            self._update_best(ctx, metrics, epoch + 1)
-            self._save_last(ctx, Position(pos.stage_index, epoch + 1, 0, self._global_step))
-        return {"val": ctx["metrics"], "best": ctx["best"]}
+            improved = self._update_best(ctx, metrics, epoch + 1)
+            stop = self._early_stop(ctx, metrics[stage.monitor])
+            if stop:
+                ctx["best"]["stopped_epoch"] = epoch + 1
+            # A stage that stopped early is saved as finished, so a resume goes on to the next one.
+            self._save_last(ctx, Position(pos.stage_index, stage.epochs if stop else epoch + 1, 0,
+                                          self._global_step))
+            if self.is_main:
+                done = epoch + 1 - pos.epoch
+                per_epoch = (time.perf_counter() - stage_started) / done
+                log.info(epoch_log.epoch_line(
+                    name=stage.name, epoch=epoch + 1, epochs=stage.epochs, train_loss=train_loss,
+                    metrics=metrics, monitor=stage.monitor, improved=improved, best=ctx["best"],
+                    patience_left=None if stage.patience is None else stage.patience - ctx["best"]["wait"],
+                    samples_per_s=samples_per_s, elapsed=time.perf_counter() - self.started,
+                    eta=None if stop else per_epoch * (stage.epochs - epoch - 1)))
+            if stop:
+                if self.is_main:
+                    log.info(epoch_log.early_stop(name=stage.name, epoch=epoch + 1, epochs=stage.epochs,
+                                                  monitor=stage.monitor, best=ctx["best"],
+                                                  patience=stage.patience))
+                break
+        return self._stage_result(stage, ctx["metrics"], ctx["best"])
+
+    def _stage_result(self, stage: Stage, metrics: dict[str, float], best: dict[str, Any]) -> dict:
+        """What metrics.json says of a stage: its last validation metrics, and its best epoch
+        with that epoch's metrics and the checkpoint files that exist for it."""
+        folder = self.run_dir / "checkpoints" / stage.name
+        keep_best = max(1, self.cfg.checkpoint.keep_best)
+        # With keep_best=1 only best.pt is written: the ranked names are internal then.
+        top = [[v, "best.pt" if keep_best == 1 else n] for v, n in best.get("top", [])]
+        public = {k: v for k, v in best.items() if k not in ("wait", "reference")}
+        public.update(top=top, checkpoint=str(folder / "best.pt"))
+        return {"val": metrics, "last_epoch": best.get("stopped_epoch") or stage.epochs, "best": public}
 
     def _stage_module(self, stage: Stage) -> tuple[torch.nn.Module, bool]:
         """The module the step loop calls: compiled if asked, then wrapped in DDP.
@@ -256,7 +311,8 @@ class Trainer:
     # ------------------------------------------------------------------ steps
 
     def _train_epoch(self, ctx: dict, stage_index: int, epoch: int, skip: int,
-                     steps_per_epoch: int, accumulate: int) -> None:
+                     steps_per_epoch: int, accumulate: int) -> tuple[float | None, float]:
+        """-> the mean training loss of the steps this process ran, and samples/s over all ranks."""
         stage: Stage = ctx["stage"]
         optimizer = ctx["optimizer"]
         sampler = self.train_loader.sampler
@@ -273,6 +329,8 @@ class Trainer:
         batches = iter(self.train_loader)
         optimizer.zero_grad(set_to_none=True)
         self.meter.reset()
+        epoch_loss: torch.Tensor | float = 0.0  # summed on the device, read once at the end
+        epoch_started, epoch_samples = time.perf_counter(), 0
         for step in range(skip, steps_per_epoch):
             try:
                 out = self._accumulate(ctx, batches, accumulate)
@@ -288,6 +346,8 @@ class Trainer:
                     f"last.pt saved, resume with trainer.resume=true") from None
             for k, v in out.items():
                 running[k] = running.get(k, 0.0) + v
+            epoch_loss = epoch_loss + out["loss"]
+            epoch_samples += self.cfg.batch_size * accumulate
             count += 1
             self._global_step += 1
             done = step + 1
@@ -310,6 +370,12 @@ class Trainer:
             if every_n and done % every_n == 0 and done < steps_per_epoch:
                 self._save_last(ctx, Position(stage_index, epoch, done, self._global_step))
         bar.close()
+        steps = steps_per_epoch - skip
+        seconds = max(time.perf_counter() - epoch_started, 1e-9)
+        if steps == 0:
+            return None, 0.0
+        loss = dist.mean_over_ranks({"loss": torch.as_tensor(epoch_loss) / steps})["loss"]
+        return float(loss), epoch_samples * self.world_size / seconds
 
     def _next_batch(self, batches: Iterator) -> dict[str, torch.Tensor]:
         waited = time.perf_counter()
@@ -377,7 +443,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _update_best(self, ctx: dict, metrics: dict[str, float], epoch: int) -> None:
+    def _update_best(self, ctx: dict, metrics: dict[str, float], epoch: int) -> bool:
+        """Rank this epoch's checkpoint by the monitor; -> whether it is the new best."""
         best, stage = ctx["best"], ctx["stage"]
         ctx["metrics"] = metrics
         if stage.monitor not in metrics:
@@ -388,12 +455,29 @@ class Trainer:
         name = f"best-epoch{epoch:03d}.pt"
         kept, dropped = saver.rank(best.get("top", []), value, best["mode"], name)
         if name not in [n for _, n in kept]:
-            return
+            return False
         best["top"] = kept
-        if kept[0][1] == name:
-            best.update(value=value, epoch=epoch)
+        improved = kept[0][1] == name
+        if improved:
+            best.update(value=value, epoch=epoch, metrics=dict(metrics))
         if self.is_main:
             saver.save_best(self._payload(ctx, None), kept, dropped, name)
+        return improved
+
+    def _early_stop(self, ctx: dict, value: float) -> bool:
+        """Lightning's EarlyStopping on the stage's monitor: an improvement must beat the last
+        improving value by more than min_delta; `patience` validations without one stop the
+        stage. Its state lives in `best`, which last.pt holds, so a resume counts on exactly."""
+        stage, best = ctx["stage"], ctx["best"]
+        if stage.patience is None:
+            return False
+        reference = best.get("reference")
+        sign = 1.0 if stage.monitor_mode == "max" else -1.0
+        if reference is None or sign * (value - reference) > stage.min_delta:
+            best.update(reference=value, wait=0)
+            return False
+        best["wait"] = best.get("wait", 0) + 1
+        return best["wait"] >= stage.patience
 
     def _save_last(self, ctx: dict, pos: Position) -> None:
         if self.is_main:
@@ -406,6 +490,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "config": self.config,
             "tokenizer": self.data.tokenizer.to_json(),
+            "data_info": self.data.info.to_payload(),
             "stage": stage.name,
             "metrics": ctx["metrics"],
             "best": dict(ctx["best"]),
