@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmtrain.atomic import write_json
 from mmtrain.config import PRECISIONS, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.train import build_tasks, config_dir
+from mmtrain.train import build_for_weights, config_dir
 
 log = logging.getLogger("mmtrain")
 
@@ -113,11 +113,7 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     Where the data is read from may be overridden; whether it is downloaded, and where
     caches go, is the user's call alone (`data_overrides`), never the file's."""
     from mmtrain import data as data_lib
-    import torch
-
-    from mmtrain.engine.checkpoint import (check_model_state, checkpoint_tokenizer,
-                                           load_checkpoint_config, load_model_state)
-    from mmtrain.models.model import build_model
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
 
     ckpt, cfg = load_checkpoint_config(path, allow=allow, trust=trust)
     _check_eval_settings(cfg.trainer, path)
@@ -132,14 +128,7 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     if overrides:
         cfg.data = OmegaConf.merge(cfg.data, overrides)
     data = data_lib.build(cfg.data, tokenizer=checkpoint_tokenizer(ckpt, path))
-    # Sized on the meta device first: the model the file's config describes may be no bigger
-    # than the weights the file holds, so a config naming a huge layer is refused unallocated.
-    with torch.device("meta"):
-        shell = build_model(cfg.model, data.info)
-        build_tasks(cfg, shell, data.info)
-    check_model_state(shell, ckpt["model"], path)
-    model = build_model(cfg.model, data.info)
-    stages = {s.name: s for s in build_tasks(cfg, model, data.info)}
+    model, stages = build_for_weights(cfg, data.info, ckpt["model"], path)
     if ckpt["stage"] not in stages:
         raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")
     load_model_state(model, ckpt["model"], path)

@@ -181,6 +181,23 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
     return stages
 
 
+def build_for_weights(cfg: DictConfig, info: Any, state: Any, path: Any) -> tuple[Any, dict[str, Any]]:
+    """Model and stages (by name) a checkpoint's config describes, checked against its weights
+    `state` first on the meta device: a model may be no bigger than the weights the file
+    holds, so a config describing a huge layer is refused before it is allocated."""
+    import torch
+
+    from mmtrain.engine.checkpoint import check_model_state
+    from mmtrain.models.model import build_model
+
+    with torch.device("meta"):
+        shell = build_model(cfg.model, info)
+        build_tasks(cfg, shell, info)
+    check_model_state(shell, state, path)
+    model = build_model(cfg.model, info)
+    return model, {s.name: s for s in build_tasks(cfg, model, info)}
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_train_config(cfg)
     if cfg.print_config and int(os.environ.get("RANK", "0")) == 0:

@@ -34,7 +34,8 @@ def genuine(tmp_path_factory) -> dict:
     model = build_model(cfg.model, data.info)
     build_tasks(cfg, model, data.info)
     return {"format": FORMAT_VERSION, "model": model.state_dict(), "stage": "finetune",
-            "config": OmegaConf.to_container(cfg, resolve=True), "tokenizer": data.tokenizer.to_json()}
+            "config": OmegaConf.to_container(cfg, resolve=True), "tokenizer": data.tokenizer.to_json(),
+            "data_info": data.info.to_payload()}
 
 
 def _with_tokenizer(ckpt: dict, max_length: int | None = None, top_id: int | None = None) -> str:
@@ -200,3 +201,17 @@ def test_a_run_dir_with_a_link_where_eval_writes_is_refused_and_the_target_untou
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{run / link} is a symbolic link: refusing to write through it" in lines[0]
     assert _snapshot(tmp_path) == before
+
+
+def test_predict_embed_and_export_size_the_model_from_the_weights_too(genuine, tmp_path):
+    from mmtrain.errors import CheckpointError
+    from mmtrain.inference import load_for_inference
+
+    ckpt = copy.deepcopy(genuine)
+    ckpt["config"]["model"]["fusion"]["dim"] = 10**6  # 4 TB of float32 if it were allocated
+    path = tmp_path / "wide.pt"
+    atomic_save(ckpt, path)
+    with pytest.raises(CheckpointError, match="does not fit this model/config"):
+        load_for_inference(path, device="cpu")
+    atomic_save(genuine, path)
+    assert load_for_inference(path, device="cpu").stage == "finetune"
