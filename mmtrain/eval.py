@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmtrain.atomic import write_json
 from mmtrain.config import PRECISIONS, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.train import build_tasks, config_dir
+from mmtrain.train import build_for_weights, config_dir
 
 log = logging.getLogger("mmtrain")
 
@@ -24,13 +24,27 @@ def main() -> None:
 
 
 def _stage_names(config: Path) -> list[str]:
+    import yaml
+
+    from mmtrain.trust import check_size
+
     problem = ""
     try:
-        names = [str(n) for n in OmegaConf.load(config).stages]
+        # Plain YAML first: OmegaConf would copy out an anchor bomb before any check could run.
+        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+        check_size(raw, str(config))
+        names = [str(n) for n in OmegaConf.create(raw).stages]
+    except ConfigError:
+        raise
     except Exception as e:  # YAML or OmegaConf errors, a list where a mapping belongs...
         problem = type(e).__name__
     if problem:  # raised here, so the one-line message carries no parser trace as its context
         raise CheckpointError(f"{config} is malformed ({problem}): pass the checkpoint itself with ckpt=")
+    for name in names:
+        # It becomes a path under checkpoints/: '..' or '/' would pick (and write the result
+        # beside) a checkpoint outside this run.
+        if name in (".", "..") or Path(name).name != name or "\\" in name:
+            raise CheckpointError(f"{config}: stage name {name!r} is not a plain name: refusing it")
     return names
 
 
@@ -79,6 +93,19 @@ class Rebuilt:
     """The task of the stage that saved the checkpoint."""
 
 
+def _check_eval_settings(trainer: DictConfig, path: Path) -> None:
+    """The saved settings eval reuses, checked as training checked them at its start: from
+    a file, a wrong type would crash in the loader or in a log line."""
+    for key in ("batch_size", "eval_batch_size"):
+        value = trainer.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise CheckpointError(f"{path}: its trainer.{key}={value!r} is not a positive integer: "
+                                  f"refusing it")
+    if trainer.get("precision", "32") not in PRECISIONS:
+        raise CheckpointError(f"{path}: its trainer.precision={trainer.get('precision')!r} is not one of "
+                              f"{', '.join(PRECISIONS)}: refusing it")
+
+
 def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[str] = (),
             trust: bool = False) -> Rebuilt:
     """Data, model (with the checkpoint's weights) and task from a checkpoint whose config
@@ -87,9 +114,9 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     caches go, is the user's call alone (`data_overrides`), never the file's."""
     from mmtrain import data as data_lib
     from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
-    from mmtrain.models.model import build_model, stored_architecture
 
     ckpt, cfg = load_checkpoint_config(path, allow=allow, trust=trust)
+    _check_eval_settings(cfg.trainer, path)
     for key, value in (("download", False), ("cache_dir", None)):
         if key in cfg.data:  # where to write is the user's call alone, never the file's
             cfg.data[key] = value
@@ -101,8 +128,7 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     if overrides:
         cfg.data = OmegaConf.merge(cfg.data, overrides)
     data = data_lib.build(cfg.data, tokenizer=checkpoint_tokenizer(ckpt, path))
-    model = build_model(cfg.model, data.info, architecture=stored_architecture(cfg))
-    stages = {s.name: s for s in build_tasks(cfg, model, data.info)}
+    model, stages = build_for_weights(cfg, data.info, ckpt["model"], path)
     if ckpt["stage"] not in stages:
         raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")
     load_model_state(model, ckpt["model"], path)
@@ -162,11 +188,26 @@ def default_output(path: Path, split: str) -> Path:
     return path.with_name(f"{path.stem}_eval_{split}.json")
 
 
+def refuse_links(out: Path, own_folder: bool) -> None:
+    """A run dir from elsewhere may hold links where eval writes: a log appended through one
+    lands in whatever file it points at (a shell's rc file, say), artifacts in any folder.
+    `own_folder`: `out.parent` came with the run dir too (the default <run>/eval)."""
+    artifacts = out.with_suffix("")
+    paths = ([out.parent] if own_folder else []) + [out, out.with_suffix(".log"), artifacts]
+    if artifacts.is_dir() and not artifacts.is_symlink():
+        paths += sorted(artifacts.iterdir())
+    for path in paths:
+        if path.is_symlink():
+            raise CheckpointError(f"{path} is a symbolic link: refusing to write through it "
+                                  f"(remove it, or pass out=)")
+
+
 def run(cfg: DictConfig) -> None:
     if cfg.precision is not None and cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
     path = resolve_checkpoint(cfg.ckpt, cfg.run)
     out = Path(cfg.out) if cfg.out else default_output(path, cfg.split)
+    refuse_links(out, own_folder=not cfg.out)
     built = rebuild(path, data_overrides=OmegaConf.to_container(cfg.data),
                     allow=list(cfg.allow_targets), trust=cfg.trust_config)
     # Only an accepted checkpoint gets a log: a refused one leaves nothing behind.

@@ -77,8 +77,7 @@ def load_for_inference(path: str | Path, *, device: str = "auto", allow_targets:
     its config may name only mmtrain's own components (mmtrain.trust), as for `mmtrain eval`."""
     from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
     from mmtrain.engine.precision import resolve_device
-    from mmtrain.models.model import build_model, stored_architecture
-    from mmtrain.train import build_tasks
+    from mmtrain.train import build_for_weights
 
     path = Path(path)
     ckpt, cfg = load_checkpoint_config(path, allow=allow_targets, trust=trust_config)
@@ -87,8 +86,7 @@ def load_for_inference(path: str | Path, *, device: str = "auto", allow_targets:
         if isinstance(part, DictConfig) and part.get("pretrained"):
             part.pretrained = None
     info = data_info(ckpt, path, checkpoint_tokenizer(ckpt, path))
-    model = build_model(cfg.model, info, architecture=stored_architecture(cfg))
-    stages = {s.name: s for s in build_tasks(cfg, model, info)}
+    model, stages = build_for_weights(cfg, info, ckpt["model"], path)
     if ckpt["stage"] not in stages:
         raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")
     load_model_state(model, ckpt["model"], path)

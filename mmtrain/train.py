@@ -206,6 +206,24 @@ def follow_pretrained_input_size(cfg: DictConfig) -> None:
     cfg.data.image_size = size
 
 
+def build_for_weights(cfg: DictConfig, info: Any, state: Any, path: Any) -> tuple[Any, dict[str, Any]]:
+    """Model and stages (by name) a checkpoint's config describes, checked against its weights
+    `state` first on the meta device: a model may be no bigger than the weights the file
+    holds, so a config describing a huge layer is refused before it is allocated."""
+    import torch
+
+    from mmtrain.engine.checkpoint import check_model_state
+    from mmtrain.models.model import build_model, stored_architecture
+
+    architecture = stored_architecture(cfg)
+    with torch.device("meta"):
+        shell = build_model(cfg.model, info, architecture=architecture)
+        build_tasks(cfg, shell, info)
+    check_model_state(shell, state, path)
+    model = build_model(cfg.model, info, architecture=architecture)
+    return model, {s.name: s for s in build_tasks(cfg, model, info)}
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_train_config(cfg)
     follow_pretrained_input_size(cfg)

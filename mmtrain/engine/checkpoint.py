@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from mmtrain.atomic import write_atomically
 from mmtrain.errors import CheckpointError
-from mmtrain.trust import trusted_config
+from mmtrain.trust import check_no_interpolation, trusted_config
 
 FORMAT_VERSION = 1
 
@@ -118,6 +118,7 @@ def load_checkpoint_config(path: str | os.PathLike, *, allow: Sequence[str] = ()
     for section in ("data", "model", "stages", "trainer"):
         if not isinstance(ckpt["config"].get(section), dict):
             raise CheckpointError(f"{path}: its config has no '{section}' section: it cannot be rebuilt")
+    check_no_interpolation(ckpt["config"], str(path))  # even if trusted: it may be a bomb
     return ckpt, trusted_config(ckpt["config"], source=str(path), allow=allow, trust=trust)
 
 
@@ -130,13 +131,32 @@ def checkpoint_tokenizer(ckpt: dict[str, Any], path: Any) -> Any:
         raise CheckpointError(f"{path} holds no tokenizer: it was not written by mmtrain's trainer, "
                               f"so its text ids cannot be reproduced")
     try:
-        return TextTokenizer.from_json(ckpt["tokenizer"])
+        tokenizer = TextTokenizer.from_json(ckpt["tokenizer"])
     except Exception as e:  # the tokenizers library raises its own types for bad JSON
         raise CheckpointError(f"{path}: its tokenizer cannot be read ({_first_line(e)})") from None
+    # Each would otherwise surface as a crash deep in the data or the embedding lookup.
+    top = max(tokenizer.tokenizer.get_vocab().values(), default=-1)
+    problem = ("its max_length is below 1" if tokenizer.max_length < 1 else
+               "it has no [PAD] token" if tokenizer.pad_id is None else
+               f"it maps a token to id {top}, past its vocabulary of {tokenizer.vocab_size}"
+               if top >= tokenizer.vocab_size else "")
+    if problem:
+        raise CheckpointError(f"{path}: its tokenizer is not one mmtrain wrote: {problem}")
+    return tokenizer
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
     """load_state_dict, with a mismatch explained in one line instead of a wall of keys."""
+    check_model_state(model, state, path)
+    model.load_state_dict(state)
+
+
+def check_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
+    """What load_model_state refuses, without loading (so `model` may live on the meta device)."""
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"checkpoint {path}: its model weights are not a mapping of names to "
+                              f"tensors: refusing them")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -151,7 +171,6 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
         raise CheckpointError(f"checkpoint {path} does not fit this model/config: {'; '.join(parts)}")
-    model.load_state_dict(state)
 
 
 def config_mismatch(saved: dict[str, Any], current: dict[str, Any],
