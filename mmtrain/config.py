@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Dict, List, Optional
 
 import hydra.utils
@@ -142,10 +143,19 @@ class EvalConfig:
     """Also report every metric with the image blanked and with the text blanked."""
 
 
+def run_stamp() -> str:
+    """The default run-dir name: the launch time to the microsecond, so two launches in the
+    same second get two dirs (and a clash anyway is refused by the run dir's lock)."""
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    # Cached per config, like Hydra's `now`: a sweep's jobs share the sweep dir's stamp.
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
 
 
 def _walk_targets(node: Any, path: str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -23,7 +25,15 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
         # Each iter() draws a worker base seed from this generator; drawing it from the
         # global RNG instead would shift dropout masks after a mid-epoch resume.
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=ignore_stop_signals,
     )
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A SIGTERM to the whole process group (schedulers, `kill -- -PGID`) or a Ctrl-C reaches
+    the workers too: they must not die under the main process, which saves and stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
