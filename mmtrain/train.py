@@ -76,6 +76,9 @@ def run(cfg: DictConfig) -> float | None:
             if start.note:
                 log.info(start.note)
             summary = train(start.cfg, run_dir, stop=stop, begun=begun)
+            with stop.deferred():  # done: a signal now changes nothing
+                if main_rank:
+                    write_json(status, {"status": "completed", "started": started, "ended": time.time()})
         except BaseException as e:
             with stop.deferred():  # a second signal must not cut the status write short
                 error = _stopped(e, run_dir, start.cfg) if isinstance(e, Stopped) else e
@@ -87,20 +90,17 @@ def run(cfg: DictConfig) -> float | None:
             if error is e:
                 raise
             raise error from None
-        with stop.deferred():  # done: a signal now changes nothing
-            if main_rank:
-                write_json(status, {"status": "completed", "started": started, "ended": time.time()})
     return summary.get("objective")
 
 
-def _stopped(stop: Any, run_dir: Path, cfg: DictConfig) -> Exception:
+def _stopped(stopped: Any, run_dir: Path, cfg: DictConfig) -> Exception:
     """A signal outside the training loop (start-up, final test): what there is to resume."""
     from mmtrain.engine.preemption import Preempted, resume_command
 
     if run_dir_lib.find_resume(True, run_dir, [str(n) for n in cfg.stages]) is not None:
-        return Preempted(f"stopped by {stop.signame} outside the training steps; last.pt is there: "
+        return Preempted(f"stopped by {stopped.signame} outside the training steps; last.pt is there: "
                          f"continue with {resume_command(run_dir)}")
-    return Preempted(f"stopped by {stop.signame} before anything was trained: run the same command "
+    return Preempted(f"stopped by {stopped.signame} before anything was trained: run the same command "
                      f"again (with trainer.resume=true it also starts from scratch)")
 
 

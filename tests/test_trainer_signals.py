@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from mmtrain.engine.checkpoint import load_checkpoint
-from mmtrain.engine.preemption import PREEMPTED_EXIT_CODE
+from mmtrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
+from mmtrain.engine.trainer import Trainer
+from mmtrain.train import train
 from tests.conftest import run_cli, tree_digest
-from tests.trainer_utils import PER_SAMPLE, PYTHON, ROOT, TINY, cli_env, one_thread  # noqa: F401 (autouse fixture)
+from tests.trainer_utils import PER_SAMPLE, PYTHON, ROOT, TINY, cli_env, make_config, one_thread  # noqa: F401 (autouse fixture)
 
 
 def start(args: list[str]) -> subprocess.Popen:
@@ -114,3 +116,24 @@ def test_sigterm_during_the_final_test_ends_interrupted_and_the_printed_command_
     assert out.returncode == 0, out.stderr[-3000:]
     assert status(run) == "completed"
     assert "accuracy" in json.loads((run / "metrics.json").read_text())["test"]
+
+
+def test_a_signal_after_the_last_step_stops_the_run_and_resuming_goes_to_the_test(tmp_path, monkeypatch):
+    validate = Trainer.validate
+    seen = []
+
+    def signal_in_the_last_validation(self, stage):
+        seen.append(stage.name)
+        if len(seen) == 2:  # finetune's 2nd epoch: every step is done
+            os.kill(os.getpid(), signal.SIGTERM)
+        return validate(self, stage)
+
+    monkeypatch.setattr(Trainer, "validate", signal_in_the_last_validation)
+    run = tmp_path / "run"
+    with pytest.raises(Preempted, match="after the last step"):
+        train(make_config(*PER_SAMPLE, "test=true"), run)
+    monkeypatch.undo()
+    assert load_checkpoint(run / "checkpoints" / "finetune" / "last.pt")["position"]["epoch"] == 2
+    assert not (run / "metrics.json").exists()
+    summary = train(make_config(*PER_SAMPLE, "test=true", "trainer.resume=true"), run)
+    assert "accuracy" in summary["test"]
