@@ -109,13 +109,22 @@ def _adopt_and_die(source: str, target: str) -> None:
     """Resume `source` into `target`, SIGKILLed in the middle of copying a checkpoint."""
     import shutil
 
-    def torn(src, dst, length=0):
-        dst.write(src.read(1000))
+    def die(dst) -> None:
         dst.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def torn_stream(src, dst, length=0):
+        dst.write(src.read(1000))
+        die(dst)
+
+    def torn_file(src, dst, **kwargs):
+        with open(src, "rb") as f, open(dst, "wb") as out:
+            out.write(f.read(1000))
+            die(out)
+
     torch.set_num_threads(1)
-    shutil.copyfileobj = torn
+    # Whichever way the copy goes (file objects, or copyfile as copytree does).
+    shutil.copyfileobj, shutil.copyfile = torn_stream, torn_file
     train(make_config(f"trainer.resume={source}"), Path(target))
 
 
