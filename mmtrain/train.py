@@ -58,39 +58,47 @@ def run(cfg: DictConfig) -> float | None:
     main_rank = distributed.rank() == 0
     if not main_rank:
         logging.getLogger("mmtrain").setLevel(logging.WARNING)
-    with StopSignal() as stop, run_dir_lib.writer_lock(run_dir, enabled=main_rank) as lock:
-        try:
+    try:
+        with StopSignal() as stop, run_dir_lib.writer_lock(run_dir, enabled=main_rank) as lock:
             start, begun = _checked_start(cfg, run_dir, hydra_cfg, main_rank)
-        except Stopped as e:
-            raise Preempted(f"stopped by {e.signame} before the run started: nothing was written "
-                            f"to {run_dir}; run the same command again") from None
-        if lock is not None:
-            lock.accept()
-        status = run_dir / "status.json"
-        started = time.time()
-        try:
-            if main_rank:
-                run_dir_lib.remove_leftovers(run_dir)
-                run_dir_lib.write_hydra_files(run_dir, start, hydra_cfg)
-                write_json(status, {"status": "running", "started": started})
-            if start.note:
-                log.info(start.note)
-            summary = train(start.cfg, run_dir, stop=stop, begun=begun)
-            with stop.deferred():  # done: a signal now changes nothing
-                if main_rank:
-                    write_json(status, {"status": "completed", "started": started, "ended": time.time()})
-        except BaseException as e:
-            with stop.deferred():  # a second signal must not cut the status write short
-                error = _stopped(e, run_dir, start.cfg) if isinstance(e, Stopped) else e
-                state = "interrupted" if isinstance(error, (KeyboardInterrupt, Preempted)) else "failed"
-                if main_rank:
-                    write_json(status, {"status": state, "started": started, "ended": time.time(),
-                                         "error": f"{type(error).__name__}: {error}"})
-                    (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            if error is e:
-                raise
-            raise error from None
+            if lock is not None:
+                lock.accept()
+            summary = _run_accepted(start, begun, run_dir, hydra_cfg, stop, main_rank)
+    except Stopped as e:  # only before the start was accepted: later ones become Preempted
+        raise Preempted(f"stopped by {e.signame} before the run started: nothing was written "
+                        f"to {run_dir}; run the same command again") from None
     return summary.get("objective")
+
+
+def _run_accepted(start: run_dir_lib.Start, begun: tuple[Path | None, dict | None], run_dir: Path,
+                  hydra_cfg: Any, stop: Any, main_rank: bool) -> dict[str, Any]:
+    from mmtrain.engine.preemption import Preempted, Stopped
+
+    status = run_dir / "status.json"
+    started = time.time()
+    try:
+        if main_rank:
+            run_dir_lib.remove_leftovers(run_dir)
+            run_dir_lib.write_hydra_files(run_dir, start, hydra_cfg)
+            write_json(status, {"status": "running", "started": started})
+        if start.note:
+            log.info(start.note)
+        summary = train(start.cfg, run_dir, stop=stop, begun=begun)
+        stop.hold()  # done: a signal from now on changes nothing
+        if main_rank:
+            write_json(status, {"status": "completed", "started": started, "ended": time.time()})
+        return summary
+    except BaseException as e:
+        stop.hold()  # a second signal must not cut the status write short
+        error = _stopped(e, run_dir, start.cfg) if isinstance(e, Stopped) else e
+        state = "interrupted" if isinstance(error, (KeyboardInterrupt, Preempted)) else "failed"
+        if main_rank:
+            write_json(status, {"status": state, "started": started, "ended": time.time(),
+                                 "error": f"{type(error).__name__}: {error}"})
+            (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        if error is e:
+            raise
+        raise error from None
 
 
 def _stopped(stopped: Any, run_dir: Path, cfg: DictConfig) -> Exception:

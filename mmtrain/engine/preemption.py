@@ -82,6 +82,11 @@ class StopSignal:
             self.requested = name
             raise Stopped(name)
 
+    def hold(self) -> None:
+        """From now until the context exits, a signal is only recorded (the run is writing
+        its final status)."""
+        self._deferring += 1
+
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
         """Within, a signal is only recorded in `requested`, for the caller to act on."""
@@ -102,3 +107,4 @@ class StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        self._deferring = 0
