@@ -71,8 +71,9 @@ def test_a_refused_start_leaves_every_byte_of_the_existing_run_dir(tmp_path):
     assert out.returncode == 0, out.stderr
     before = tree_digest(run_dir)
     assert ".hydra/overrides.yaml" in before and "train.log" in before
-    # Another config into the same dir, then a resume that would change the model.
-    for args in (["stages.finetune.epochs=1"], ["trainer.resume=true", "model.fusion.dim=32"]):
+    # Another config into the same dir, then resumes that would change the model.
+    for args in (["stages.finetune.epochs=1"], ["trainer.resume=true", "model.fusion.dim=32"],
+                 ["trainer.resume=true", "model/fusion=sum"]):
         out = run_cli(["train", *SMALL, *args, f"hydra.run.dir={run_dir}"], tmp_path)
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert tree_digest(run_dir) == before, args

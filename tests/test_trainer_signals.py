@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mmtrain.engine.checkpoint import load_checkpoint
-from mmtrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
+from mmtrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, resume_command
 from mmtrain.engine.trainer import Trainer
 from mmtrain.train import train
 from tests.conftest import run_cli, tree_digest
@@ -137,3 +137,13 @@ def test_a_signal_after_the_last_step_stops_the_run_and_resuming_goes_to_the_tes
     assert not (run / "metrics.json").exists()
     summary = train(make_config(*PER_SAMPLE, "test=true", "trainer.resume=true"), run)
     assert "accuracy" in summary["test"]
+
+
+@pytest.mark.parametrize("path", ["/runs/a-1_2.3/x", "/runs/with space/x", "/runs/it's/x",
+                                  '/runs/say "hi"/x', "/runs/a=b,c/x", "/runs/ü/x"])
+def test_the_printed_resume_command_names_the_run_dir_exactly_through_shell_and_hydra(path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    words = shlex.split(resume_command(Path(path)))
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(words)}
+    assert parsed == {"trainer.resume": True, "hydra.run.dir": path}

@@ -50,9 +50,9 @@ class Stopped(BaseException):
 def resume_command(run_dir: Path) -> str:
     """The overrides that continue `run_dir`, quoted for a shell and for Hydra's parser."""
     path = str(run_dir)
-    if re.fullmatch(r"[\w./:@+-]+", path):
+    if re.fullmatch(r"[A-Za-z0-9_./:@+-]+", path):
         return f"trainer.resume=true hydra.run.dir={path}"
-    quoted = "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    quoted = '"' + path.replace('"', '\\"') + '"'  # Hydra's quoted string, then the shell's
     return f"trainer.resume=true {shlex.quote('hydra.run.dir=' + quoted)}"
 
 
