@@ -8,6 +8,7 @@ The rules, in the order `mmtrain train` applies them, before it writes anything:
    (`.hydra/config.yaml`, else the one stored in the checkpoint), with only the overrides
    given now on top; a config group other than the run's own is refused.
 3. `prepare_run_dir`: a run dir holding another run's checkpoints is refused.
+4. `load_resume`: a checkpoint trained with another model, task, data, seed or batch is refused.
 
 Only then does the caller write `.hydra/` (`write_hydra_files`): a refused start leaves
 every byte of an existing run dir as it was. Resuming into a new run dir copies the
@@ -138,6 +139,27 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
         raise ConfigError(f"{run_dir} already holds checkpoints: pass trainer.resume=true to continue "
                           f"that run, or choose another hydra.run.dir (nothing was overwritten)")
     return resume_path
+
+
+def load_resume(cfg: DictConfig, resume_path: Path | None) -> dict | None:
+    """The checkpoint to resume, refused unless what decides the weights and the order of
+    the batches matches; where the data lives and how it is cached may change."""
+    from mmtrain.engine.checkpoint import config_mismatch, load_checkpoint
+
+    if resume_path is None:
+        return None
+    resume = load_checkpoint(resume_path)
+    if "position" not in resume:
+        raise CheckpointError(f"{resume_path} is a best.pt (weights only): resume from a last.pt")
+    sections = ("model", "data", "seed", "trainer.batch_size", "trainer.accumulate_grad_batches") \
+        + tuple(f"stages.{n}.task" for n in cfg.stages)
+    differ = config_mismatch(resume["config"], OmegaConf.to_container(cfg, resolve=True), sections,
+                             ignore=("data.root", "data.download", "data.cache", "data.cache_images"))
+    if differ:
+        raise CheckpointError(f"{resume_path} was trained with another config "
+                              f"({len(differ)} differences: {'; '.join(differ[:3])}): resume with "
+                              f"the same settings, or start a new run dir")
+    return resume
 
 
 def source_run(checkpoint: Path) -> Path | None:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmtrain import run_dir as run_dir_lib
 from mmtrain.atomic import write_json
 from mmtrain.config import TrainConfig, check_train_config, instantiate, register_schemas
-from mmtrain.errors import CheckpointError, ConfigError
+from mmtrain.errors import ConfigError
 
 log = logging.getLogger("mmtrain")
 
@@ -146,28 +146,7 @@ def begin(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict | None]:
     """Check the config and what the run dir holds; -> (checkpoint to resume, its contents)."""
     check_train_config(cfg)
     resume_path = run_dir_lib.prepare_run_dir(cfg, run_dir)
-    return resume_path, load_resume(cfg, resume_path)
-
-
-def load_resume(cfg: DictConfig, resume_path: Path | None) -> dict | None:
-    """The checkpoint to resume, refused unless what decides the weights and the order of
-    the batches matches; where the data lives and how it is cached may change."""
-    from mmtrain.engine.checkpoint import config_mismatch, load_checkpoint
-
-    if resume_path is None:
-        return None
-    resume = load_checkpoint(resume_path)
-    if "position" not in resume:
-        raise CheckpointError(f"{resume_path} is a best.pt (weights only): resume from a last.pt")
-    sections = ("model", "data", "seed", "trainer.batch_size", "trainer.accumulate_grad_batches") \
-        + tuple(f"stages.{n}.task" for n in cfg.stages)
-    differ = config_mismatch(resume["config"], OmegaConf.to_container(cfg, resolve=True), sections,
-                             ignore=("data.root", "data.download", "data.cache", "data.cache_images"))
-    if differ:
-        raise CheckpointError(f"{resume_path} was trained with another config "
-                              f"({len(differ)} differences: {'; '.join(differ[:3])}): resume with "
-                              f"the same settings, or start a new run dir")
-    return resume
+    return resume_path, run_dir_lib.load_resume(cfg, resume_path)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
