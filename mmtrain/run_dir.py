@@ -63,12 +63,15 @@ class WriterLock:
                 self.created = False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = False
             except BlockingIOError:
+                held = True
+            if held:  # raised outside the except: the message stays one line, without errno
                 holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
                 os.close(fd)
                 raise ConfigError(f"{self.path.parent} is being written by another mmtrain process "
                                   f"(pid {holder}): wait for it to end, or choose another "
-                                  f"hydra.run.dir (nothing was written)") from None
+                                  f"hydra.run.dir (nothing was written)")
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -96,13 +99,13 @@ class WriterLock:
 
 @contextlib.contextmanager
 def writer_lock(run_dir: Path, enabled: bool = True) -> Iterator[WriterLock | None]:
-    """The run dir's lock for the duration of the block; `enabled=False` (torchrun ranks
-    other than 0, whose rank 0 holds it for the whole launch) takes none."""
+    """The run dir's lock, to `acquire()` within the block and released when it ends;
+    `enabled=False` (torchrun ranks other than 0, whose rank 0 holds it for the whole
+    launch) gives None."""
     if not enabled:
         yield None
         return
     lock = WriterLock(run_dir)
-    lock.acquire()
     try:
         yield lock
     finally:

@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> float | None:
         logging.getLogger("mmtrain").setLevel(logging.WARNING)
     try:
         with StopSignal() as stop, run_dir_lib.writer_lock(run_dir, enabled=main_rank) as lock:
-            start, begun = _checked_start(cfg, run_dir, hydra_cfg, main_rank)
+            start, begun = _checked_start(cfg, run_dir, hydra_cfg, lock)
             if lock is not None:
                 lock.accept()
             summary = _run_accepted(start, begun, run_dir, hydra_cfg, stop, main_rank)
@@ -112,16 +112,18 @@ def _stopped(stopped: Any, run_dir: Path, cfg: DictConfig) -> Exception:
                      f"again (with trainer.resume=true it also starts from scratch)")
 
 
-def _checked_start(cfg: DictConfig, run_dir: Path, hydra_cfg: Any, main_rank: bool
+def _checked_start(cfg: DictConfig, run_dir: Path, hydra_cfg: Any, lock: run_dir_lib.WriterLock | None
                    ) -> tuple[run_dir_lib.Start, tuple[Path | None, dict | None]]:
-    """Every refusal of a start, before anything is written. Under torchrun rank 0 decides
-    (it holds the lock) and every rank gets its decision."""
+    """Lock the run dir, then every refusal of a start, before anything is written. Under
+    torchrun rank 0 (`lock` given) decides and every rank gets its decision."""
     from mmtrain.engine import distributed
     from mmtrain.engine.checkpoint import load_checkpoint
 
+    main_rank = lock is not None
     decision: Any = None
     if main_rank:
         try:
+            lock.acquire()
             start = run_dir_lib.resumed_config(cfg, run_dir, list(hydra_cfg.overrides.task),
                                                dict(hydra_cfg.runtime.choices),
                                                schema=OmegaConf.structured(TrainConfig))

@@ -89,6 +89,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run_dir(tmp_path):
     out = run_cli(["train", *SMALL, f"hydra.run.dir={run_dir}"], tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert f"is being written by another mmtrain process (pid {first.pid})" in out.stderr
+    assert out.stderr.strip().endswith("(nothing was written)"), "one line, nothing appended"
     assert tree_digest(run_dir) == before
     stop(first)
 
