@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mmtrain import run_dir as run_dir_lib
@@ -58,6 +59,12 @@ def run(cfg: DictConfig) -> float | None:
     main_rank = distributed.rank() == 0
     if not main_rank:
         logging.getLogger("mmtrain").setLevel(logging.WARNING)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        if hydra_cfg.job.num == 0:  # a new sweep in this process (a notebook's second one)
+            StopSignal.received = None
+        elif StopSignal.received:
+            raise Preempted(f"not started: {StopSignal.received} stopped an earlier job of this sweep "
+                            f"(nothing was written to {run_dir})")
     try:
         with StopSignal() as stop, run_dir_lib.writer_lock(run_dir, enabled=main_rank) as lock:
             start, begun = _checked_start(cfg, run_dir, hydra_cfg, lock)

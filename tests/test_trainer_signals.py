@@ -147,3 +147,15 @@ def test_the_printed_resume_command_names_the_run_dir_exactly_through_shell_and_
     words = shlex.split(resume_command(Path(path)))
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(words)}
     assert parsed == {"trainer.resume": True, "hydra.run.dir": path}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_to_a_sweep_stops_it_without_starting_its_next_job(tmp_path):
+    sweep, marker = tmp_path / "sweep", tmp_path / "building-data"
+    # Every job would stall in start-up: a job started after the stop would hang the sweep.
+    proc = stalled("start-up", marker, ["-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    wait_for(marker, proc)
+    output = stop(proc)
+    assert status(sweep / "0") == "interrupted" and "#1 :" in output  # Hydra went on to job 1...
+    assert not (sweep / "1" / "status.json").exists(), output[-3000:]  # ...which did not start

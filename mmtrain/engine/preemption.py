@@ -59,6 +59,10 @@ def resume_command(run_dir: Path) -> str:
 class StopSignal:
     """Context manager: while inside, SIGTERM and SIGINT stop the program as described above."""
 
+    # The last signal any StopSignal of this process caught: a sweep running its jobs one
+    # after the other in this process must not start the next job after a stop.
+    received: str | None = None
+
     def __init__(self) -> None:
         self.requested: str | None = None
         self._deferring = 0
@@ -73,6 +77,7 @@ class StopSignal:
         if os.getpid() != self._pid:  # a forked loader worker before its worker_init_fn ran
             return
         name = signal.Signals(signum).name
+        StopSignal.received = name
         if self._deferring:
             if self.requested and signum == signal.SIGINT:
                 raise KeyboardInterrupt
