@@ -8,6 +8,7 @@ imports torch, so `mmtrain --help` is instant.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
@@ -20,6 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mmtrain.train", "train a model: stages from the config, then test (Hydra overrides)"),
     "eval": ("mmtrain.eval", "evaluate a checkpoint: ckpt=PATH or run=DIR (Hydra overrides)"),
     "data": ("mmtrain.data.commands", "download the real datasets (verified) or write fake ones: data download|synth"),
+    "predict": ("mmtrain.predict", "run a checkpoint on your images and texts: classes, captions, similarities, zero-shot"),
+    "embed": ("mmtrain.embed", "embed a folder of images (or a text file) into a searchable index, resumable"),
+    "search": ("mmtrain.search", "rank an index's entries by a text or image query; contact sheet of the top k"),
+    "export": ("mmtrain.export", "export a checkpoint's inference graphs to ONNX or TorchScript, parity-checked"),
     "report": ("mmtrain.report", "summarize run dirs or a sweep: table best first, CSV, plots"),
 }
 
@@ -49,10 +54,19 @@ def _usage() -> str:
     return USAGE.format(commands="\n".join(lines))
 
 
+def _worker_message(text: str) -> str:
+    """torch re-raises a DataLoader worker's exception with the worker's whole traceback as
+    its message; the worker's own message is the last line, after 'module.Type: '."""
+    if "Original Traceback (most recent call last):" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return re.sub(r"^[\w.]+: ", "", last.strip(), count=1)
+
+
 def _one_line(exc: BaseException) -> str:
     """Hydra and OmegaConf messages span lines and carry a cause; say it in one line."""
     # Hydra appends its config search path to an unknown choice: noise for a user.
-    parts = [str(exc).split("Config search path")[0]]
+    parts = [_worker_message(str(exc)).split("Config search path")[0]]
     cause = exc.__cause__ or exc.__context__
     if cause is not None and str(cause) and str(cause) not in parts[0]:
         parts.append(str(cause).splitlines()[0])
@@ -159,6 +173,10 @@ def _report(exc: Exception) -> int:
     except ImportError:
         pass
     message = _one_line(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # A full disk outside the atomic writers (a log line): still one line, exit 2.
+        user_error, code = True, 2
+        message = f"no space left on device writing {exc.filename or 'a file'}: free some space and run again"
     if not user_error:
         message = f"{type(exc).__name__}: {message} (set HYDRA_FULL_ERROR=1 for the traceback)"
     print(f"mmtrain: error: {message}", file=sys.stderr)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 import hydra.utils
 from hydra.core.config_store import ConfigStore
@@ -141,6 +143,104 @@ class EvalConfig:
     """Where metrics are written; default: next to the checkpoint's run dir."""
     ablate: bool = False
     """Also report every metric with the image blanked and with the text blanked."""
+    trust_config: bool = False
+    """Build whatever `_target_` the checkpoint's config names. Off: only mmtrain's own
+    components and torch's optimizers and schedulers (a config can name any callable)."""
+    allow_targets: List[str] = field(default_factory=list)
+    """Module prefixes whose `_target_`s a checkpoint's config may also name, e.g. [mypkg.]."""
+
+
+def config_dir() -> str:
+    """The packaged configs of an installed wheel, else the repo's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise ConfigError(f"mmtrain's configs are missing (looked in {here / 'conf'}): reinstall the package")
+
+
+@dataclass
+class CheckpointInputConfig:
+    """What every command that reads a checkpoint for inference (predict, embed, search,
+    export) takes besides its own options."""
+
+    trust_config: bool = False
+    """As for `mmtrain eval`: build whatever `_target_` the checkpoint's config names."""
+    allow_targets: List[str] = field(default_factory=list)
+    """As for `mmtrain eval`: module prefixes a checkpoint's config may also name."""
+
+
+@dataclass
+class PredictConfig(CheckpointInputConfig):
+    ckpt: Optional[str] = None
+    image: Optional[str] = None
+    """A file, a folder (searched recursively) or a glob pattern."""
+    text: Optional[str] = None
+    text_file: Optional[str] = None
+    """One text per line."""
+    labels: Optional[List[str]] = None
+    """Zero-shot classification with a contrastive checkpoint: the class names."""
+    template: str = "a photo of a {}"
+    top_k: int = 5
+    beam_size: Optional[int] = None
+    """Captioning: default the checkpoint's; 1 = greedy."""
+    pairing: str = "zip"
+    """zip: image i with text i (a single image or text goes with every one); all: every pair."""
+    truncate: bool = False
+    """Cut texts longer than the model accepts instead of refusing them."""
+    batch_size: int = 64
+    num_workers: int = 0
+    device: str = "auto"
+    out: Optional[str] = None
+    """A .json or .csv file for the results."""
+
+
+@dataclass
+class EmbedConfig(CheckpointInputConfig):
+    ckpt: Optional[str] = None
+    images: Optional[str] = None
+    """A folder, searched recursively for every file Pillow reads."""
+    texts: Optional[str] = None
+    """Instead of images: a text file, one entry per line (a text index)."""
+    out: Optional[str] = None
+    """The index folder; an existing one built the same way is resumed."""
+    batch_size: int = 64
+    num_workers: int = 2
+    shard_size: int = 4096
+    """Embeddings per shard: an interrupted run loses at most one shard of work."""
+    skip_unreadable: bool = False
+    truncate: bool = False
+    progress: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class SearchConfig(CheckpointInputConfig):
+    index: Optional[str] = None
+    text: Optional[str] = None
+    image: Optional[str] = None
+    k: int = 10
+    sheet: Optional[str] = None
+    """A .png contact sheet of the top k (image indexes)."""
+    out: Optional[str] = None
+    ckpt: Optional[str] = None
+    """Default: the checkpoint that built the index (it must be the same file)."""
+    truncate: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class ExportConfig(CheckpointInputConfig):
+    ckpt: Optional[str] = None
+    format: str = "onnx"
+    """onnx | torchscript"""
+    out: Optional[str] = None
+    """A new (or empty) folder for the graphs, tokenizer.json and preprocess.json."""
+    image: Optional[str] = None
+    """Images (file, folder or glob; up to 16 used) for the parity check; default: random pixels."""
+    text_file: Optional[str] = None
+    """Texts (one per line) for the parity check; default: sentences of vocabulary words.
+    Export and its check run on the CPU, in fp32."""
 
 
 def run_stamp() -> str:
@@ -153,6 +253,10 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="embed_schema", node=EmbedConfig)
+    cs.store(name="search_schema", node=SearchConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     # Cached per config, like Hydra's `now`: a sweep's jobs share the sweep dir's stamp.
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
@@ -230,7 +334,53 @@ def check_train_config(cfg: DictConfig) -> None:
                           f"is not one of {', '.join(CONTRASTIVE_ACCUMULATION)}")
     if cfg.trainer.max_nonfinite_steps < 1:
         raise ConfigError("trainer.max_nonfinite_steps must be >= 1")
+    check_values(cfg)
     check_targets(cfg)
+
+
+_LR = (lambda v: 0 <= v < math.inf, "a learning rate is >= 0 and finite")
+# key -> (what a valid number satisfies, the rule in words)
+_VALUE_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "seed": (lambda v: v == int(v) and 0 <= v < 2**32, "a seed is an integer in [0, 2**32)"),
+    "trainer.grad_clip": (lambda v: 0 < v < math.inf,
+                          "the largest gradient norm kept is > 0 and finite (null: no clipping)"),
+    "optimizer.lr": _LR,
+    "optimizer.weight_decay": (lambda v: 0 <= v < math.inf, "weight decay is >= 0 and finite"),
+}
+
+
+def _check_value(key: str, value: Any, rule: tuple[Callable[[float], bool], str]) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and rule[0](value)):  # NaN fails every comparison, so it lands here too
+        raise ConfigError(f"{key}={value!r}: {rule[1]}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Numbers torch would take and train wrongly with (a negative clip norm trains uphill)
+    or refuse only after the data and model are built: refused at start, naming the key."""
+    for key, rule in _VALUE_RULES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            _check_value(key, value, rule)
+    for name, stage in cfg.stages.items():
+        if stage.lr is not None:
+            _check_value(f"stages.{name}.lr", stage.lr, _LR)
+        for key, value in _numbers_named(stage.task, f"stages.{name}.task", "label_smoothing"):
+            _check_value(key, value, (lambda v: 0 <= v < 1, "label smoothing is in [0, 1)"))
+
+
+def _numbers_named(node: Any, path: str, name: str):
+    """(dotted key, value) of every `name` key below `node` (a multitask's heads included)."""
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node._get_node(key)
+            sub = f"{path}.{key}"
+            if key == name:
+                yield sub, node[key]
+            yield from _numbers_named(child, sub, name)
+    elif isinstance(node, ListConfig):
+        for i, child in enumerate(node):
+            yield from _numbers_named(child, f"{path}[{i}]", name)
 
 
 def instantiate(cfg: Any, **kwargs: Any) -> Any:

@@ -19,3 +19,7 @@ class DataError(MmtrainError):
 
 class CheckpointError(MmtrainError):
     """A missing, corrupt or mismatched checkpoint."""
+
+
+class StorageError(MmtrainError):
+    """The disk (or the quota) is full: nothing to fix in the config, but not a crash either."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -13,11 +15,23 @@ from mmtrain.config import PRECISIONS, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.train import build_tasks, config_dir
 
+log = logging.getLogger("mmtrain")
 
 
 def main() -> None:
     register_schemas()
     hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")(run)()
+
+
+def _stage_names(config: Path) -> list[str]:
+    problem = ""
+    try:
+        names = [str(n) for n in OmegaConf.load(config).stages]
+    except Exception as e:  # YAML or OmegaConf errors, a list where a mapping belongs...
+        problem = type(e).__name__
+    if problem:  # raised here, so the one-line message carries no parser trace as its context
+        raise CheckpointError(f"{config} is malformed ({problem}): pass the checkpoint itself with ckpt=")
+    return names
 
 
 def resolve_checkpoint(ckpt: str | None, run_dir: str | None) -> Path:
@@ -31,7 +45,7 @@ def resolve_checkpoint(ckpt: str | None, run_dir: str | None) -> Path:
     if not root.is_dir():
         raise CheckpointError(f"run dir not found: {root}")
     if config.is_file():
-        names = [str(n) for n in OmegaConf.load(config).stages]
+        names = _stage_names(config)
     else:  # a run made through the Python API: a later stage always wrote its best.pt later
         bests = sorted((root / "checkpoints").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
         names = [p.parent.name for p in bests]
@@ -42,42 +56,83 @@ def resolve_checkpoint(ckpt: str | None, run_dir: str | None) -> Path:
     raise CheckpointError(f"{root} has no checkpoints/<stage>/best.pt: did its training finish a stage?")
 
 
-def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto",
-                        precision: str | None = None, batch_size: int | None = None,
-                        num_workers: int = 0,
-                        data_overrides: dict | None = None, ablate: bool = False,
-                        limit_eval_batches: int | None = None,
-                        artifacts_dir: Path | None = None) -> dict[str, Any]:
-    """Rebuild data and model from the checkpoint alone and run its stage's task metrics
-    (and write the task's artifacts, e.g. a confusion matrix, to `artifacts_dir`)."""
+@dataclass
+class Rebuilt:
+    """What a checkpoint was trained with, rebuilt from the file alone."""
+
+    checkpoint: dict[str, Any]
+    config: DictConfig
+    data: Any
+    model: Any
+    task: Any
+    """The task of the stage that saved the checkpoint."""
+
+
+def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[str] = (),
+            trust: bool = False) -> Rebuilt:
+    """Data, model (with the checkpoint's weights) and task from a checkpoint whose config
+    names only mmtrain's own components (see mmtrain.trust; `allow`/`trust` widen that).
+    Where the data is read from may be overridden; whether it is downloaded, and where
+    caches go, is the user's call alone (`data_overrides`), never the file's."""
     from mmtrain import data as data_lib
-    from mmtrain.data.loader import make_loader
-    from mmtrain.data.tokenizer import TextTokenizer
-    from mmtrain.engine.checkpoint import load_checkpoint, load_model_state
-    from mmtrain.engine.precision import resolve_device, resolve_precision
-    from mmtrain.engine.trainer import evaluate
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
     from mmtrain.models.model import build_model
 
-    ckpt = load_checkpoint(path)
-    cfg = OmegaConf.create(ckpt["config"])
-    data_overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}
-    if data_overrides:
-        cfg.data = OmegaConf.merge(cfg.data, data_overrides)
-    dev = resolve_device(device)
-    # Unless told otherwise, evaluate exactly as training did, so the figures match its own.
-    trained = cfg.trainer
-    precision = resolve_precision(precision or trained.get("precision", "32"), dev)
-    batch_size = batch_size or trained.get("eval_batch_size") or 2 * trained.get("batch_size", 128)
-    data = data_lib.build(cfg.data, tokenizer=TextTokenizer.from_json(ckpt["tokenizer"]))
+    ckpt, cfg = load_checkpoint_config(path, allow=allow, trust=trust)
+    for key, value in (("download", False), ("cache_dir", None)):
+        if key in cfg.data:  # where to write is the user's call alone, never the file's
+            cfg.data[key] = value
+    for part in cfg.model.values():
+        # The checkpoint's weights replace any pretrained ones: do not read (or fetch) those.
+        if isinstance(part, DictConfig) and part.get("pretrained"):
+            part.pretrained = None
+    overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}
+    if overrides:
+        cfg.data = OmegaConf.merge(cfg.data, overrides)
+    data = data_lib.build(cfg.data, tokenizer=checkpoint_tokenizer(ckpt, path))
     model = build_model(cfg.model, data.info)
     stages = {s.name: s for s in build_tasks(cfg, model, data.info)}
     if ckpt["stage"] not in stages:
         raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")
     load_model_state(model, ckpt["model"], path)
-    model.to(dev)
-    task = stages[ckpt["stage"]].task
-    loader = make_loader(data.split(split), batch_size, train=False, num_workers=num_workers, device=dev)
-    result: dict[str, Any] = {"checkpoint": str(path), "stage": ckpt["stage"], "split": split}
+    return Rebuilt(ckpt, cfg, data, model, stages[ckpt["stage"]].task)
+
+
+def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto",
+                        precision: str | None = None, batch_size: int | None = None,
+                        num_workers: int = 0,
+                        data_overrides: dict | None = None, ablate: bool = False,
+                        limit_eval_batches: int | None = None,
+                        artifacts_dir: Path | None = None, allow_targets: Sequence[str] = (),
+                        trust_config: bool = False) -> dict[str, Any]:
+    """Rebuild data and model from the checkpoint alone and run its stage's task metrics
+    (and write the task's artifacts, e.g. a confusion matrix, to `artifacts_dir`)."""
+    built = rebuild(path, data_overrides=data_overrides, allow=allow_targets, trust=trust_config)
+    return evaluate_rebuilt(built, path, split, device=device, precision=precision,
+                            batch_size=batch_size, num_workers=num_workers, ablate=ablate,
+                            limit_eval_batches=limit_eval_batches, artifacts_dir=artifacts_dir)
+
+
+def evaluate_rebuilt(built: Rebuilt, path: Path, split: str = "test", *, device: str = "auto",
+                     precision: str | None = None, batch_size: int | None = None,
+                     num_workers: int = 0, ablate: bool = False,
+                     limit_eval_batches: int | None = None,
+                     artifacts_dir: Path | None = None) -> dict[str, Any]:
+    from mmtrain.data.loader import make_loader
+    from mmtrain.engine.precision import resolve_device, resolve_precision
+    from mmtrain.engine.trainer import evaluate
+
+    dev = resolve_device(device)
+    # Unless told otherwise, evaluate exactly as training did, so the figures match its own.
+    trained = built.config.trainer
+    precision = resolve_precision(precision or trained.get("precision", "32"), dev)
+    batch_size = batch_size or trained.get("eval_batch_size") or 2 * trained.get("batch_size", 128)
+    log.info("evaluating %s (%s stage) on the %s split | device: %s | precision: %s | batch %d",
+             path, built.checkpoint["stage"], split, dev, precision, batch_size)
+    model, task = built.model.to(dev), built.task
+    loader = make_loader(built.data.split(split), batch_size, train=False, num_workers=num_workers,
+                         device=dev)
+    result: dict[str, Any] = {"checkpoint": str(path), "stage": built.checkpoint["stage"], "split": split}
     result["metrics"] = evaluate(model, task, loader, dev, precision, limit=limit_eval_batches)
     if artifacts_dir is not None and hasattr(task, "write_artifacts"):
         result["artifacts"] = [str(p) for p in task.write_artifacts(artifacts_dir)]
@@ -101,11 +156,21 @@ def run(cfg: DictConfig) -> None:
         raise ConfigError(f"precision={cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
     path = resolve_checkpoint(cfg.ckpt, cfg.run)
     out = Path(cfg.out) if cfg.out else default_output(path, cfg.split)
-    result = evaluate_checkpoint(path, cfg.split, device=cfg.device, precision=cfg.precision,
-                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                 data_overrides=OmegaConf.to_container(cfg.data),
-                                 ablate=cfg.ablate, limit_eval_batches=cfg.limit_eval_batches,
-                                 artifacts_dir=out.with_suffix(""))
+    built = rebuild(path, data_overrides=OmegaConf.to_container(cfg.data),
+                    allow=list(cfg.allow_targets), trust=cfg.trust_config)
+    # Only an accepted checkpoint gets a log: a refused one leaves nothing behind.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out.with_suffix(".log"), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        result = evaluate_rebuilt(built, path, cfg.split, device=cfg.device, precision=cfg.precision,
+                                  batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                  ablate=cfg.ablate, limit_eval_batches=cfg.limit_eval_batches,
+                                  artifacts_dir=out.with_suffix(""))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
     write_json(out, result)
     columns = {"both": result["metrics"]}
     for blank in ("image", "text"):

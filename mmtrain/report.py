@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,16 +138,22 @@ def read_run(path: Path) -> Run:
     return run
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def read_curves(path: Path) -> list[dict[str, Any]]:
-    """log.jsonl rows; a line cut short by a crash is skipped."""
+    """log.jsonl rows with their numbers; a line cut short by a crash, or not a log row, is skipped."""
     rows = []
     try:
         with open(path / "log.jsonl", encoding="utf-8") as f:
             for line in f:
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except ValueError:
                     continue
+                if isinstance(row, dict) and _is_number(row.get("step")):
+                    rows.append({k: v for k, v in row.items() if k in ("stage", "split") or _is_number(v)})
     except OSError:
         pass
     return rows
@@ -163,8 +170,24 @@ def _mode_of(metric: str, runs: list[Run]) -> str:
     return "min" if "loss" in name else "max"
 
 
+def read_runs(paths: list[Path]) -> list[Run]:
+    """Each run in `paths`; one whose files cannot be made sense of (edited by hand, written by
+    something else) is skipped with a warning naming it, so it cannot hide the others."""
+    runs = []
+    for path in paths:
+        try:
+            runs.append(read_run(path))
+        except Exception as e:  # YAML, JSON of the wrong shape, non-numbers: anything a file may hold
+            reason = (str(e).strip().splitlines() or [""])[0]
+            print(f"mmtrain report: warning: skipping {path}: its files are malformed "
+                  f"({type(e).__name__}: {reason})", file=sys.stderr)
+    if not runs:
+        raise ConfigError(f"no readable run dir among {len(paths)} found: see the warnings above")
+    return runs
+
+
 def build_report(paths: list[Path], metric: str | None = None, mode: str | None = None) -> Report:
-    runs = [read_run(p) for p in paths]
+    runs = read_runs(paths)
     known = {m for r in runs for m in r.metrics}
     if metric is None:  # "" when no run has finished: nothing is ranked, every run is listed
         metric = next((m for r in runs for m in r.default_metrics if m in known), "")

@@ -154,10 +154,12 @@ def load_resume(cfg: DictConfig, resume_path: Path | None) -> dict | None:
     resume = load_checkpoint(resume_path)
     if "position" not in resume:
         raise CheckpointError(f"{resume_path} is a best.pt (weights only): resume from a last.pt")
-    sections = ("model", "data", "seed", "trainer.batch_size", "trainer.accumulate_grad_batches") \
-        + tuple(f"stages.{n}.task" for n in cfg.stages)
+    # An optimizer of another kind cannot take over the saved state (SGD has no Adam moments).
+    sections = ("model", "data", "seed", "optimizer._target_", "trainer.batch_size",
+                "trainer.accumulate_grad_batches") + tuple(f"stages.{n}.task" for n in cfg.stages)
     differ = config_mismatch(resume["config"], OmegaConf.to_container(cfg, resolve=True), sections,
-                             ignore=("data.root", "data.download", "data.cache", "data.cache_images"))
+                             ignore=("data.root", "data.download", "data.cache", "data.cache_images",
+                                     "data.cache_dir"))
     if differ:
         raise CheckpointError(f"{resume_path} was trained with another config "
                               f"({len(differ)} differences: {'; '.join(differ[:3])}): resume with "

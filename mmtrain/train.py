@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 import traceback
 from pathlib import Path
@@ -17,19 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmtrain import run_dir as run_dir_lib
 from mmtrain.atomic import write_json
-from mmtrain.config import TrainConfig, check_train_config, instantiate, register_schemas
+from mmtrain.config import TrainConfig, check_train_config, config_dir, instantiate, register_schemas
 from mmtrain.errors import ConfigError
 
 log = logging.getLogger("mmtrain")
-
-
-def config_dir() -> str:
-    """The packaged configs of an installed wheel, else the repo's top-level conf/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise ConfigError(f"mmtrain's configs are missing (looked in {here / 'conf'}): reinstall the package")
 
 
 def main() -> None:
@@ -186,6 +178,10 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
 
     stages, by_name = [], {}
     for name, stage_cfg in cfg.stages.items():
+        head = stage_cfg.task.get("name")
+        # It names a module and the task's artifact files: a '/' or '..' would write elsewhere.
+        if head is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", str(head)):
+            raise ConfigError(f"stages.{name}.task.name={head!r}: use letters, digits, _ and -")
         task = instantiate(stage_cfg.task, _convert_="all")
         if task.name in by_name:
             earlier_cfg, earlier_task = by_name[task.name]
@@ -209,9 +205,8 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
     """Train `cfg` into `run_dir` (the Python API; `mmtrain train` calls it from `run`, with
     the start already checked as `begun` and the StopSignal it holds as `stop`)."""
     from mmtrain import data as data_lib
-    from mmtrain.data.tokenizer import TextTokenizer
     from mmtrain.engine import distributed
-    from mmtrain.engine.checkpoint import load_checkpoint, load_model_state
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint, load_model_state
     from mmtrain.engine.logger import MetricLogger
     from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.trainer import Trainer, evaluate
@@ -228,7 +223,7 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
-    tokenizer = TextTokenizer.from_json(resume["tokenizer"]) if resume else None
+    tokenizer = checkpoint_tokenizer(resume, resume_path) if resume else None
     first = distributed.rank() == 0
     if not first:  # rank 0 downloads, extracts and fills the caches; the others then read them
         distributed.barrier()

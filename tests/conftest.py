@@ -60,6 +60,38 @@ def tree_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir_of_this_session(tmp_path_factory):
+    """Dataset caches (tokenizers, tokens, resized images) go to a folder of this test session,
+    in this process and in the CLI subprocesses, not into the user's ~/.cache/mmtrain."""
+    before = os.environ.get("MMTRAIN_CACHE")
+    os.environ["MMTRAIN_CACHE"] = str(tmp_path_factory.mktemp("mmtrain_cache"))
+    yield
+    if before is None:
+        os.environ.pop("MMTRAIN_CACHE", None)
+    else:
+        os.environ["MMTRAIN_CACHE"] = before
+
+
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def coco_clip(tmp_path_factory) -> tuple[Path, Path]:
+    """(best.pt of a tiny CLIP-style model, the COCO fixture it was trained on), trained once
+    for the predict, embed/search and export tests; they only read both."""
+    from tests.inference_helpers import train_coco_clip
+
+    return train_coco_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_classifier(tmp_path_factory) -> Path:
+    """best.pt of a classification stage trained for seconds on the synthetic set."""
+    from tests.inference_helpers import train
+    from tests.trainer_utils import TINY as TINY_RUN
+
+    run = train(tmp_path_factory.mktemp("classifier") / "run", [*TINY_RUN, "~stages.pretrain"])
+    return run / "checkpoints/finetune/best.pt"

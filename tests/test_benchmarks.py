@@ -24,3 +24,13 @@ def test_bench_overhead_times_mmtrain_against_the_minimal_loop():
     assert rows["minimal"][-1] == "1.000"
     ratio = float(rows["mmtrain"][-1])
     assert 0.2 < ratio < 5, out.stdout  # a real measurement of both loops, not a crash or a zero
+
+
+def test_bench_embed_reports_images_per_second_of_the_whole_command():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_embed.py"), "--images", "8",
+                          "--size", "160x120", "--workers", "0", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith("num_workers=0:"))
+    assert float(line.split()[1]) > 0, out.stdout

@@ -46,3 +46,22 @@ def test_weights_of_another_model_are_refused_naming_the_mismatch():
         load_model_state(model, {"0.weight": torch.zeros(5, 4), "0.bias": torch.zeros(3)}, "ckpt.pt")
     with pytest.raises(CheckpointError, match="missing 1 keys"):
         load_model_state(model, {"0.weight": torch.zeros(3, 4)}, "ckpt.pt")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomically_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    import os
+    import stat
+
+    from mmtrain.atomic import write_json
+    from mmtrain.engine.checkpoint import atomic_copy
+
+    before = os.umask(umask)
+    try:
+        atomic_save({"format": 1, "model": {}}, tmp_path / "last.pt")
+        atomic_copy(tmp_path / "last.pt", tmp_path / "best.pt")
+        write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(before)
+    for name in ("last.pt", "best.pt", "metrics.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name

@@ -93,14 +93,14 @@ def test_karpathy_split_file_gives_its_train_val_test(root):
 def test_image_cache_holds_the_same_pixels_and_is_reused(tmp_path):
     root = coco_fixture(tmp_path, n_train=12, n_val=4)
     plain = build(root, n_val=2)
-    cached = build(root, n_val=2, cache_images=True, cache_workers=0)
-    files = sorted((root / ".mmtrain_cache").glob("coco-images-*.npy"))
+    cached = build(root, n_val=2, cache_images=True, cache_workers=0, cache_dir=str(tmp_path / "cache"))
+    files = sorted((tmp_path / "cache").glob("coco-images-*.npy"))
     assert len(files) == 3
     for j in (0, 1, 5):
         assert torch.equal(plain.val[j]["image"], cached.val[j]["image"])
         assert torch.equal(plain.train[j]["image"], cached.train[j]["image"])
     stamps = [f.stat().st_mtime_ns for f in files]
-    build(root, n_val=2, cache_images=True, cache_workers=0)
+    build(root, n_val=2, cache_images=True, cache_workers=0, cache_dir=str(tmp_path / "cache"))
     assert [f.stat().st_mtime_ns for f in files] == stamps
 
 

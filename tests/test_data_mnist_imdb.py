@@ -27,14 +27,20 @@ def build(root: Path, **kw):
     return build_mnist_imdb(root=str(root), tokenizer_options=TOK, **kw)
 
 
-def test_mnist_idx_gz_files_are_unpacked_and_read_as_uint8_with_their_labels(root):
+def test_mnist_idx_gz_files_are_read_in_place_as_uint8_with_their_labels(root):
+    from torchvision.datasets.mnist import read_image_file
+
+    before = sorted(p.name for p in (root / "MNIST/raw").iterdir())
     images, digits = load_mnist(root, train=True)
     assert images.dtype == torch.uint8 and images.shape == (600, 1, 28, 28)
     with gzip.open(root / "MNIST/raw/train-labels-idx1-ubyte.gz") as f:
         assert int.from_bytes(f.read(4), "big") == 2049
         expected = np.frombuffer(f.read()[4:], dtype=np.uint8)
     assert digits.tolist() == expected.tolist()
-    assert (root / "MNIST/raw/train-images-idx3-ubyte").is_file()   # torchvision's layout
+    assert sorted(p.name for p in (root / "MNIST/raw").iterdir()) == before  # nothing unpacked
+    unpacked = root.parent / "unpacked"  # the reference reader: torchvision's, on the raw file
+    unpacked.write_bytes(gzip.decompress((root / "MNIST/raw/train-images-idx3-ubyte.gz").read_bytes()))
+    assert torch.equal(images[:, 0], read_image_file(str(unpacked)))
 
 
 def test_reviews_lose_br_markup_and_keep_non_ascii_text(root):
@@ -105,10 +111,28 @@ def _fresh(tmp_path: Path) -> Path:
 
 def test_truncated_idx_file_is_named(tmp_path):
     root = _fresh(tmp_path)
-    load_mnist(root, train=True)
-    path = root / "MNIST/raw/train-images-idx3-ubyte"
-    path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(DataError, match="train-images-idx3-ubyte is not a valid idx file"):
+    packed = root / "MNIST/raw/train-images-idx3-ubyte.gz"
+    packed.write_bytes(packed.read_bytes()[:1000])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is not a valid idx file"):
+        build(root)
+    # An unpacked file is read in its place, and checked the same way.
+    plain = root / "MNIST/raw/train-images-idx3-ubyte"
+    plain.write_bytes((2051).to_bytes(4, "big") + (50).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+                      + bytes(1000))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte is not a valid idx file \(1000 data bytes"):
+        build(root)
+
+
+@pytest.mark.parametrize("split, prefix", [("train", "train"), ("test", "t10k")])
+def test_a_label_byte_outside_0_to_9_is_named_with_its_file_when_the_split_is_built(tmp_path, split,
+                                                                                  prefix):
+    root = _fresh(tmp_path)
+    path = root / f"MNIST/raw/{prefix}-labels-idx1-ubyte.gz"
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    data[8 + 5] = 12 if split == "train" else 255
+    path.write_bytes(gzip.compress(bytes(data)))
+    label = 12 if split == "train" else 255
+    with pytest.raises(DataError, match=f"{path} holds label {label} at position 5: a digit is 0-9"):
         build(root)
 
 
@@ -116,7 +140,7 @@ def test_wrong_magic_idx_file_is_named(tmp_path):
     root = _fresh(tmp_path)
     with gzip.open(root / "MNIST/raw/t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write((1234).to_bytes(4, "big") + (20).to_bytes(4, "big") + bytes(20))
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is not a valid idx file"):
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is not a valid idx file \(magic number 1234, expected 2049\)"):
         build(root)
 
 

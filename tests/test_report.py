@@ -151,3 +151,25 @@ def test_help_and_report_do_not_import_torch(sweep):
     assert out.returncode == 0, out.stderr
     assert "NO TORCH" in out.stdout and "summarize run dirs" in out.stdout  # the help lists report
     assert (sweep / "summary.csv").is_file()
+
+
+def test_a_malformed_run_dir_is_skipped_with_a_warning_naming_it(sweep, capsys, monkeypatch):
+    bad = {
+        "list_status": lambda p: (p / "status.json").write_text("[1, 2]"),
+        "broken_yaml": lambda p: (p / ".hydra" / "overrides.yaml").write_text("- a=1\n  - : [\n"),
+        "text_metric": lambda p: (p / "metrics.json").write_text(json.dumps(
+            {"stages": {"finetune": {"val": {"accuracy": "high"}}}})),
+    }
+    for name, spoil in bad.items():
+        spoil(make_run(sweep / name, ["model/fusion=film", "optimizer.lr=0.001"], "completed", 0.5))
+    # Rows of a log that are not log rows are left out of the curves, not a crash.
+    with open(sweep / "0" / "log.jsonl", "a") as f:
+        f.write('[1, 2]\n{"step": "x", "stage": "finetune"}\n{"step": 9, "finetune/train/loss": "nan?"}\n')
+    report(str(sweep), monkeypatch=monkeypatch)
+    err = capsys.readouterr().err
+    for name in bad:
+        assert f"mmtrain report: warning: skipping {sweep / name}: its files are malformed" in err, name
+    rows = read_csv(sweep / "summary.csv")
+    assert [r["run"] for r in rows][:3] == ["2", "3", "0"]
+    assert not any(r["run"] in bad for r in rows)
+    assert (sweep / "plots" / "curves.png").read_bytes().startswith(PNG_MAGIC)

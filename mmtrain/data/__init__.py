@@ -7,7 +7,7 @@ eval` does with the checkpoint's), tokenizes every split once, and returns the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -33,6 +33,12 @@ class DataInfo:
     """Modality -> the label it alone determines (image -> digit): the multitask targets."""
     tokenizer: TextTokenizer | None = field(default=None, repr=False)
     """The fitted tokenizer (decoding, bos/eos ids: captioning needs them); DataBundle sets it."""
+
+    def to_payload(self) -> dict[str, Any]:
+        """Everything but the tokenizer, as plain containers: a checkpoint carries it so that
+        inference (`mmtrain predict`, `embed`, `export`) needs no dataset on disk."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tokenizer"}
+        return {**out, "image_mean": list(self.image_mean), "image_std": list(self.image_std)}
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mmtrain.data import DataBundle, DataInfo
-from mmtrain.data.cache import CACHE_DIR, cache_key, file_identity, tokenized_corpus
+from mmtrain.data.cache import cache_dir as resolve_cache_dir, cache_key, file_identity, tokenized_corpus
 from mmtrain.data.download import download as download_dataset, download_command
 from mmtrain.data.tokenizer import TextTokenizer
 from mmtrain.errors import DataError
@@ -58,8 +58,10 @@ class Records:
         return Records([self.paths[i] for i in keep], self.image_ids[idx], self.first[idx], self.count[idx])
 
 
-def load_image(path: str, size: int) -> torch.Tensor:
-    """JPEG/PNG file -> uint8 3 x size x size: RGB, shorter side resized to `size`, center crop.
+def load_image(path: str, size: int, channels: int = 3,
+               hint: str = "replace the file, or remove it and pass data.missing_images=skip") -> torch.Tensor:
+    """JPEG/PNG file -> uint8 channels x size x size: RGB (or grayscale for channels=1),
+    shorter side resized to `size`, center crop. `hint` ends the error of an unreadable file.
 
     Decoded with Pillow: torchvision 0.29 deprecated its own decoders (torchvision.io), and
     Pillow's JPEG draft mode decodes at a reduced DCT scale when the target is small (a
@@ -71,12 +73,15 @@ def load_image(path: str, size: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as picture:
-            picture.draft("RGB", (size, size))
-            pixels = np.array(picture.convert("RGB"))           # H x W x 3 uint8
+            mode = "L" if channels == 1 else "RGB"
+            picture.draft(mode, (size, size))
+            converted = picture.convert(mode)
+            pixels = np.array(converted).reshape(converted.height, converted.width, -1)  # H x W x C
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image {path} is refused as a possible decompression bomb ({e}): {hint}") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot decode image {path} ({reason}): replace the file, "
-                        f"or remove it and pass data.missing_images=skip") from None
+        raise DataError(f"cannot decode image {path} ({reason}): {hint}") from None
     image = torch.from_numpy(pixels).permute(2, 0, 1)
     image = TF.resize(image, size, antialias=True)
     return TF.center_crop(image, [size, size]).contiguous()
@@ -164,6 +169,18 @@ def read_json(path: Path, keys: tuple[str, ...], root: Path, year: int) -> dict[
     return doc
 
 
+def _annotations(doc: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """The caption annotations, each checked to have an image id and a caption string."""
+    for i, ann in enumerate(doc["annotations"]):
+        name = f"annotation id {ann.get('id')}" if isinstance(ann, dict) and "id" in ann else f"annotation #{i}"
+        if not isinstance(ann, dict) or not isinstance(ann.get("image_id"), int):
+            raise DataError(f"COCO file {path}: {name} has no image_id: the file is corrupt, download it again")
+        if not isinstance(ann.get("caption"), str):
+            what = "no caption" if "caption" not in ann else f"caption {ann['caption']!r}, not text"
+            raise DataError(f"COCO file {path}: {name} has {what}: fix or remove that annotation")
+    return doc["annotations"]
+
+
 def _official(root: Path, year: int) -> tuple[list[Entry], list[Entry], list[Path]]:
     """-> (train<year> entries, val<year> entries, the JSON files), entries sorted by image id."""
     files, out = [], []
@@ -172,7 +189,7 @@ def _official(root: Path, year: int) -> tuple[list[Entry], list[Entry], list[Pat
         doc = read_json(path, ("images", "annotations"), root, year)
         files.append(path)
         captions: dict[int, list[str]] = {}
-        for ann in sorted(doc["annotations"], key=lambda a: (a["image_id"], a.get("id", 0))):
+        for ann in sorted(_annotations(doc, path), key=lambda a: (a["image_id"], a.get("id", 0))):
             captions.setdefault(ann["image_id"], []).append(ann["caption"])
         entries = [(str(root / f"{split}{year}" / im["file_name"]), im["id"], captions[im["id"]])
                    for im in sorted(doc["images"], key=lambda im: im["id"]) if im["id"] in captions]
@@ -189,8 +206,11 @@ def _karpathy(root: Path, karpathy_file: str) -> dict[str, list[Entry]]:
     splits: dict[str, list] = {"train": [], "val": [], "test": []}
     for im in doc["images"]:
         kind = "train" if im["split"] == "restval" else im["split"]
-        splits[kind].append((str(root / im["filepath"] / im["filename"]), im["cocoid"],
-                             [s["raw"] for s in im["sentences"]]))
+        raws = [s.get("raw") if isinstance(s, dict) else None for s in im["sentences"]]
+        if not all(isinstance(r, str) for r in raws):
+            raise DataError(f"Karpathy split file {path}: image {im.get('cocoid')} has a sentence "
+                            f"without a 'raw' caption: fix or remove it")
+        splits[kind].append((str(root / im["filepath"] / im["filename"]), im["cocoid"], raws))
     return splits
 
 
@@ -215,12 +235,12 @@ def _check_images(records: Records, policy: str, split: str) -> Records:
     return records.take([i for i in range(len(records.paths)) if i not in gone])
 
 
-def _image_cache(root: Path, records: Records, size: int, workers: int) -> Path:
-    """Decode + resize every image once into `<root>/.mmtrain_cache/coco-images-<key>.npy`."""
+def _image_cache(folder: Path, records: Records, size: int, workers: int) -> Path:
+    """Decode + resize every image once into `<cache dir>/coco-images-<key>.npy`."""
     from numpy.lib.format import open_memmap
 
     key = cache_key(file_identity(Path(p) for p in records.paths), size)
-    path = root / CACHE_DIR / f"coco-images-{key}.npy"
+    path = folder / f"coco-images-{key}.npy"
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,10 +275,12 @@ def build_coco_captions(
     seed: int = 0,
     tokenizer_options: dict[str, Any] | None = None,
     cache: bool = True,
+    cache_dir: str | None = None,
     download: bool = False,
     tokenizer: TextTokenizer | None = None,
 ) -> DataBundle:
-    """COCO image-caption pairs under `root` (see the module docstring for the splits)."""
+    """COCO image-caption pairs under `root` (see the module docstring for the splits); the
+    root is only read (written only when `download`), caches go to `cache_dir`."""
     if missing_images not in ("error", "skip"):
         raise DataError(f"data.missing_images={missing_images!r}: choose error or skip")
     root_path = Path(root).expanduser()
@@ -291,7 +313,8 @@ def build_coco_captions(
         texts += [" ".join(c.split()) for _, _, caps in entries for c in caps]
         row += sum(counts)
     n_fit = int(records["train"].count.sum())
-    tokenizer, tokens = tokenized_corpus(root_path, "coco-captions", identity,
+    folder = resolve_cache_dir(cache_dir)
+    tokenizer, tokens = tokenized_corpus(folder, "coco-captions", identity,
                                          lambda: {"texts": texts, "n_fit": n_fit}, tokenizer,
                                          dict(tokenizer_options or {}), enabled=cache)
     limits = {"train": n_train, "val": None if not karpathy_file else n_val, "test": n_test}
@@ -302,7 +325,7 @@ def build_coco_captions(
         rec = _check_images(rec, missing_images, split)
         if not rec.paths:
             raise DataError(f"COCO {split} split is empty under {root_path}")
-        cache_file = _image_cache(root_path, rec, image_size, cache_workers) if cache_images else None
+        cache_file = _image_cache(folder, rec, image_size, cache_workers) if cache_images else None
         images = CocoImages(rec.paths, image_size, cache_file)
         if split == "train":
             datasets[split] = CocoTrainDataset(images, rec, tokens["ids"], tokens["lengths"], seed)

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     from mmtrain.data import fixtures
 
+    for flag, value in (("--n-train", args.n_train), ("--n-test", args.n_test)):
+        if value is not None and value < 1:
+            raise DataError(f"{flag} {value}: give at least 1 (nothing was written)")
     out = Path(args.out)
     if out.is_dir() and any(out.iterdir()) and not args.force:
         # A real data root would get fake files mixed in, and its own overwritten.

@@ -16,6 +16,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,18 +155,27 @@ def extract(archive: Path, dest: Path) -> None:
                     if unsafe or not _inside(root, member):
                         raise DataError(f"{archive} holds '{member}', a path outside {dest}: "
                                         f"refusing to extract it (the archive is unsafe or corrupt)")
-                zf.extractall(dest)
+                for info in zf.infolist():
+                    try:
+                        zf.extract(info, dest)
+                    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+                        # NotImplementedError: a compression method zipfile cannot read.
+                        raise DataError(f"{archive}: member {info.filename} is malformed ({e}): "
+                                        f"delete the archive and download it again") from None
         elif name.endswith(".gz"):
             out = dest / name[: -len(".gz")]
             tmp = out.with_name(out.name + ".tmp")
-            with gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
-            os.replace(tmp, out)
+            try:
+                with gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
         else:
             raise DataError(f"do not know how to extract {archive}")
     except tarfile.FilterError as e:
         raise DataError(f"{archive}: {e}: refusing to extract it (the archive is unsafe or corrupt)") from None
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{archive} is not a readable archive ({e}): delete it and download again") from None
 
 

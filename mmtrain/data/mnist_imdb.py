@@ -12,6 +12,9 @@ gives the same pairs. The label of a pair is `data.target`:
 
 from __future__ import annotations
 
+import gzip
+import math
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mmtrain.data import DataBundle, DataInfo
-from mmtrain.data.cache import tokenized_corpus
-from mmtrain.data.download import download as download_dataset, download_command, extract
+from mmtrain.data.cache import cache_dir as resolve_cache_dir, tokenized_corpus
+from mmtrain.data.download import download as download_dataset, download_command
 from mmtrain.data.imdb import SENTIMENTS, imdb_source
 from mmtrain.data.tokenizer import TextTokenizer
 from mmtrain.errors import DataError
@@ -29,6 +32,7 @@ TARGETS = ("joint", "xor", "digit", "sentiment")
 MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 SPLIT_STREAM = {"train": 1, "val": 2, "test": 3}
+IDX_IMAGES, IDX_LABELS = 0x0803, 0x0801  # unsigned bytes, 3 and 1 dimensions
 
 
 class PairedDataset(Dataset):
@@ -54,35 +58,56 @@ class PairedDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
 
-def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (images uint8 N x 1 x 28 x 28, digits N), read by torchvision's MNIST class."""
-    from torchvision.datasets import MNIST
-    from torchvision.datasets.mnist import read_image_file, read_label_file
-
+def mnist_file(root: Path, name: str) -> Path:
+    """The unpacked idx file if it is there, else its `.gz` (read in place, never unpacked)."""
     raw = root / "MNIST" / "raw"
-    # The class checks that all four files are there, whichever split it reads.
-    for name in MNIST_FILES[True] + MNIST_FILES[False]:
-        if not (raw / name).is_file():
-            if not (raw / f"{name}.gz").is_file():
-                raise DataError(f"MNIST file {raw / name}[.gz] is missing: run "
-                                f"`{download_command('mnist_imdb', root)}` or pass data.download=true")
-            extract(raw / f"{name}.gz", raw)  # torchvision's class reads the unpacked files
+    for path in (raw / name, raw / f"{name}.gz"):
+        if path.is_file():
+            return path
+    raise DataError(f"MNIST file {raw / name}[.gz] is missing: run "
+                    f"`{download_command('mnist_imdb', root)}` or pass data.download=true")
+
+
+def read_idx(path: Path, magic: int, root: Path) -> torch.Tensor:
+    """An idx file of unsigned bytes (MNIST's format), plain or gzipped, as a uint8 tensor."""
+    def invalid(reason: str) -> DataError:
+        return DataError(f"MNIST file {path} is not a valid idx file ({reason}): delete it and run "
+                         f"`{download_command('mnist_imdb', root)}`")
+
     try:
-        ds = MNIST(str(root), train=train, download=False)
-        images, digits = ds.data, ds.targets
-    except Exception:
-        # The class does not say which file failed: read each with torchvision's readers.
-        for name, reader in zip(MNIST_FILES[train], (read_image_file, read_label_file)):
-            try:
-                reader(str(raw / name))
-            except Exception as e:
-                raise DataError(f"MNIST file {raw / name} is not a valid idx file (wrong magic number "
-                                f"or truncated: {type(e).__name__} {e}): delete it and run "
-                                f"`{download_command('mnist_imdb', root)}`") from None
-        raise
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise invalid(f"unreadable: {e}") from None
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise invalid(f"magic number {found}, expected {magic}")
+    dims = magic & 0xFF
+    header = 4 + 4 * dims
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    if len(data) != header + math.prod(shape):
+        raise invalid(f"{len(data) - header} data bytes for shape {tuple(shape)}: truncated")
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (images uint8 N x 1 x 28 x 28, digits N) from the split's idx files, labels checked."""
+    image_name, label_name = MNIST_FILES[train]
+    image_path, label_path = mnist_file(root, image_name), mnist_file(root, label_name)
+    images = read_idx(image_path, IDX_IMAGES, root)
+    digits = read_idx(label_path, IDX_LABELS, root)
+    if tuple(images.shape[1:]) != (28, 28):
+        raise DataError(f"MNIST file {image_path} holds {tuple(images.shape[1:])} images, not 28 x 28")
+    bad = torch.nonzero(digits > 9)
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"MNIST file {label_path} holds label {int(digits[i])} at position {i}: a digit "
+                        f"is 0-9, so the file is corrupt: delete it and run "
+                        f"`{download_command('mnist_imdb', root)}`")
     if images.shape[0] != digits.shape[0]:
-        raise DataError(f"MNIST files in {raw} disagree: {images.shape[0]} images but {digits.shape[0]} "
-                        f"labels: delete them and run `{download_command('mnist_imdb', root)}`")
+        raise DataError(f"MNIST files {image_path} and {label_path} disagree: {images.shape[0]} images "
+                        f"but {digits.shape[0]} labels: delete them and run "
+                        f"`{download_command('mnist_imdb', root)}`")
     return images.unsqueeze(1).contiguous(), digits.long()
 
 
@@ -126,10 +151,12 @@ def build_mnist_imdb(
     text: dict[str, Any] | None = None,
     tokenizer_options: dict[str, Any] | None = None,
     cache: bool = True,
+    cache_dir: str | None = None,
     download: bool = False,
     tokenizer: TextTokenizer | None = None,
 ) -> DataBundle:
-    """MNIST x IMDB pairs under `root`; n_* = null uses one pair per image of the split."""
+    """MNIST x IMDB pairs under `root` (only read; written only when `download`);
+    n_* = null uses one pair per image of the split."""
     if target not in TARGETS:
         raise DataError(f"data.target={target!r}: choose one of {', '.join(TARGETS)}")
     if not 0.0 < val_fraction < 1.0:
@@ -148,7 +175,8 @@ def build_mnist_imdb(
     train_images, train_digits = load_mnist(root_path, train=True)
     test_images, test_digits = load_mnist(root_path, train=False)
     identity, load = imdb_source(root_path, text["format"], text["csv_file"])
-    tokenizer, tokens = tokenized_corpus(root_path, f"imdb-{text['format']}", identity, load, tokenizer,
+    tokenizer, tokens = tokenized_corpus(resolve_cache_dir(cache_dir), f"imdb-{text['format']}",
+                                         identity, load, tokenizer,
                                          dict(tokenizer_options or {}), enabled=cache)
     n_reviews_train = int(tokens["n_train"])
     sentiment = tokens["sentiment"].long()

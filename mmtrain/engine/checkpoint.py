@@ -7,16 +7,20 @@ and for an exact resume (optimizer, scheduler, scaler, RNG states, position in t
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 import torch
 
+from omegaconf import DictConfig
+
 from mmtrain.atomic import write_atomically
 from mmtrain.errors import CheckpointError
+from mmtrain.trust import trusted_config
 
 FORMAT_VERSION = 1
 
@@ -86,13 +90,49 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():  # a pickle that would call code
+            raise CheckpointError(f"{path}: not a weights-only checkpoint: refusing to unpickle it") from None
         raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt or not an mmtrain "
-                              f"checkpoint ({first})") from None
+                              f"checkpoint ({_first_line(e)})") from None
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt or not an mmtrain "
+                              f"checkpoint ({_first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION or "model" not in ckpt:
         raise CheckpointError(f"{path} is not an mmtrain checkpoint (format {FORMAT_VERSION})")
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load_checkpoint_config(path: str | os.PathLike, *, allow: Sequence[str] = (),
+                           trust: bool = False) -> tuple[dict[str, Any], DictConfig]:
+    """A checkpoint and its config, for rebuilding what it was trained with: every
+    `_target_` in that config checked (mmtrain.trust) before anything is built from it."""
+    ckpt = load_checkpoint(path)
+    for key, kind in (("config", dict), ("stage", str)):
+        if not isinstance(ckpt.get(key), kind):
+            raise CheckpointError(f"{path} has no {key}: it cannot be rebuilt for evaluation")
+    for section in ("data", "model", "stages", "trainer"):
+        if not isinstance(ckpt["config"].get(section), dict):
+            raise CheckpointError(f"{path}: its config has no '{section}' section: it cannot be rebuilt")
+    return ckpt, trusted_config(ckpt["config"], source=str(path), allow=allow, trust=trust)
+
+
+def checkpoint_tokenizer(ckpt: dict[str, Any], path: Any) -> Any:
+    """The TextTokenizer a checkpoint was trained with; a missing or unreadable one is a
+    CheckpointError naming the file."""
+    from mmtrain.data.tokenizer import TextTokenizer
+
+    if not isinstance(ckpt.get("tokenizer"), str):
+        raise CheckpointError(f"{path} holds no tokenizer: it was not written by mmtrain's trainer, "
+                              f"so its text ids cannot be reproduced")
+    try:
+        return TextTokenizer.from_json(ckpt["tokenizer"])
+    except Exception as e:  # the tokenizers library raises its own types for bad JSON
+        raise CheckpointError(f"{path}: its tokenizer cannot be read ({_first_line(e)})") from None
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:

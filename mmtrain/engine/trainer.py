@@ -414,6 +414,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "config": self.config,
             "tokenizer": self.data.tokenizer.to_json(),
+            "data_info": self.data.info.to_payload(),
             "stage": stage.name,
             "metrics": ctx["metrics"],
             "best": dict(ctx["best"]),

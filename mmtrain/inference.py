@@ -1,0 +1,237 @@
+"""Inference from a checkpoint alone: the model, its data info and tokenizer, and user images
+and texts prepared exactly as training and evaluation prepare them.
+
+Shared by `mmtrain predict`, `embed`, `search` and `export`. No dataset is read: the data
+info (image size, channels, mean/std, class names) travels in the checkpoint, images are
+decoded by the data pipeline's own `load_image` (resize on the shorter side, center crop,
+RGB or grayscale) and normalized inside the model, as in training.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from mmtrain.data import DataInfo
+from mmtrain.data.coco import load_image
+from mmtrain.data.tokenizer import TextTokenizer
+from mmtrain.errors import CheckpointError, ConfigError, DataError
+
+KINDS = {"ClassificationTask": "classification", "ContrastiveTask": "contrastive",
+         "CaptioningTask": "captioning", "MultitaskTask": "multitask"}
+
+
+@dataclass
+class Loaded:
+    """A checkpoint rebuilt for inference: the model in eval mode on `device`."""
+
+    path: Path
+    model: Any
+    task: Any
+    """The task of the stage that saved the checkpoint (its head is what was trained last)."""
+    stage: str
+    info: DataInfo
+    tokenizer: TextTokenizer
+    config: DictConfig
+    device: torch.device
+
+    @property
+    def kind(self) -> str:
+        return KINDS.get(type(self.task).__name__, type(self.task).__name__)
+
+    def require(self, command: str, *kinds: str) -> None:
+        """Refuse a checkpoint whose task `command` cannot use, in one line."""
+        if self.kind not in kinds:
+            raise CheckpointError(f"{self.path} is a {self.kind} checkpoint (stage {self.stage!r}); "
+                                  f"`mmtrain {command}` needs a {' or '.join(kinds)} one")
+
+
+def data_info(ckpt: dict[str, Any], path: Path, tokenizer: TextTokenizer) -> DataInfo:
+    """The checkpoint's DataInfo, checked field by field: it comes from an untrusted file."""
+    raw = ckpt.get("data_info")
+    if raw is None:
+        raise CheckpointError(f"{path} predates data info in checkpoints: `mmtrain predict/embed/export` "
+                              f"need a checkpoint saved by this mmtrain (`mmtrain eval` still reads it)")
+    try:
+        info = DataInfo(tokenizer=tokenizer, **raw)
+        ok = (info.image_channels in (1, 3) and isinstance(info.image_size, int) and info.image_size > 0
+              and all(isinstance(n, int) and n > 0 for n in info.num_classes.values())
+              and all(len(names) == info.num_classes.get(k, len(names)) for k, names in info.class_names.items())
+              and len(info.image_mean) == len(info.image_std) > 0)
+    except (TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{path} has malformed data info: it is corrupt or not an mmtrain checkpoint")
+    return info
+
+
+def load_for_inference(path: str | Path, *, device: str = "auto", allow_targets: Sequence[str] = (),
+                       trust_config: bool = False) -> Loaded:
+    """Rebuild model, heads and tokenizer from a checkpoint file alone and load its weights;
+    its config may name only mmtrain's own components (mmtrain.trust), as for `mmtrain eval`."""
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
+    from mmtrain.engine.precision import resolve_device
+    from mmtrain.models.model import build_model
+    from mmtrain.train import build_tasks
+
+    path = Path(path)
+    ckpt, cfg = load_checkpoint_config(path, allow=allow_targets, trust=trust_config)
+    for part in cfg.model.values():
+        # The checkpoint's weights replace any pretrained ones: do not read (or fetch) those.
+        if isinstance(part, DictConfig) and part.get("pretrained"):
+            part.pretrained = None
+    info = data_info(ckpt, path, checkpoint_tokenizer(ckpt, path))
+    model = build_model(cfg.model, info)
+    stages = {s.name: s for s in build_tasks(cfg, model, info)}
+    if ckpt["stage"] not in stages:
+        raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")
+    load_model_state(model, ckpt["model"], path)
+    dev = resolve_device(device)
+    model.to(dev).eval().requires_grad_(False)
+    return Loaded(path, model, stages[ckpt["stage"]].task, str(ckpt["stage"]), info, info.tokenizer, cfg, dev)
+
+
+# ---- images ------------------------------------------------------------------------------
+
+def image_extensions() -> set[str]:
+    """Every file extension Pillow can open (.jpg, .png, .webp, .tif, .bmp, ...)."""
+    from PIL import Image
+
+    Image.init()
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def find_images(spec: str, what: str = "image") -> list[Path]:
+    """image=PATH | DIR (searched recursively for files Pillow reads) | GLOB, sorted."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        exts = image_extensions()
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+        if not found:
+            raise DataError(f"{what}={spec}: the folder holds no image files Pillow can read")
+        return found
+    if glob.has_magic(spec):
+        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not found:
+            raise DataError(f"{what}={spec}: no file matches this pattern")
+        return found
+    raise DataError(f"{what}={spec}: no such file or folder")
+
+
+class ImageFiles(Dataset):
+    """Image files decoded as the data pipeline decodes them. A file that cannot be read
+    yields its error message instead of raising: raised in a loader worker, it would reach
+    the user wrapped in the worker's traceback."""
+
+    def __init__(self, paths: Sequence[Path], info: DataInfo) -> None:
+        self.paths, self.size, self.channels = list(paths), info.image_size, info.image_channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return i, load_image(str(self.paths[i]), self.size, self.channels,
+                                 hint="it is not an image Pillow can read, or it is truncated")
+        except DataError as e:
+            return i, str(e)
+
+
+@dataclass
+class ImageBatch:
+    index: list[int]
+    """Positions in the file list of the images that decoded."""
+    images: torch.Tensor
+    """uint8 B x C x H x W."""
+    errors: list[tuple[int, str]]
+    """(position, message) of the files that did not."""
+
+
+def _collate(items: list[tuple[int, torch.Tensor | str]]) -> ImageBatch:
+    good = [(i, x) for i, x in items if isinstance(x, torch.Tensor)]
+    errors = [(i, x) for i, x in items if isinstance(x, str)]
+    images = torch.stack([x for _, x in good]) if good else torch.empty(0, dtype=torch.uint8)
+    return ImageBatch([i for i, _ in good], images, errors)
+
+
+def image_batches(paths: Sequence[Path], info: DataInfo, batch_size: int,
+                  num_workers: int = 0) -> Iterator[ImageBatch]:
+    """Decoded images in order, `batch_size` at a time, decoded in `num_workers` processes."""
+    if batch_size < 1 or num_workers < 0:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
+    loader = DataLoader(ImageFiles(paths, info), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate)
+    yield from loader
+
+
+# ---- texts -------------------------------------------------------------------------------
+
+def read_texts(text: str | None, text_file: str | None) -> list[str]:
+    """text="..." (one text) or text_file=PATH (one text per non-empty line)."""
+    if text is not None and text_file is not None:
+        raise ConfigError("give text=... or text_file=PATH, not both")
+    if text_file is not None:
+        file = Path(text_file).expanduser()
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"text_file={text_file}: cannot read it ({type(e).__name__}: {e})") from None
+        texts = [line.strip() for line in lines if line.strip()]
+        if not texts:
+            raise DataError(f"text_file={text_file} holds no text (one text per line)")
+        return texts
+    if text is None:
+        return []
+    if not str(text).strip():
+        raise ConfigError("text= is empty: give the sentence to use, e.g. text=\"a red circle\"")
+    return [str(text)]
+
+
+def encode_texts(tokenizer: TextTokenizer, texts: Sequence[str],
+                 truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """Texts -> (ids N x T, lengths N, which were cut). A text longer than the model accepts
+    is refused unless `truncate`, so nobody gets a prediction for words it never read."""
+    limit = tokenizer.max_length
+    counts = [len(e.ids) for e in tokenizer.tokenizer.encode_batch(list(texts))]
+    cut = [n > limit for n in counts]
+    if any(cut) and not truncate:
+        i = cut.index(True)
+        preview = texts[i] if len(texts[i]) <= 40 else texts[i][:37] + "..."
+        raise ConfigError(f"text {preview!r} is {counts[i]} tokens; the model accepts {limit}: shorten it, "
+                          f"or pass truncate=true to cut it to the first {limit} (it was not cut)")
+    ids, lengths = tokenizer.encode(list(texts))
+    return ids, lengths, cut
+
+
+@torch.no_grad()
+def embed_texts(loaded: Loaded, texts: Sequence[str], batch_size: int = 256,
+                truncate: bool = False) -> tuple[torch.Tensor, list[bool]]:
+    """L2-normalized text embeddings of a contrastive checkpoint, N x D on the CPU."""
+    ids, lengths, cut = encode_texts(loaded.tokenizer, texts, truncate)
+    out = []
+    for s in range(0, ids.shape[0], batch_size):
+        out.append(text_embedding(loaded, ids[s : s + batch_size], lengths[s : s + batch_size]))
+    return torch.cat(out), cut
+
+
+def text_embedding(loaded: Loaded, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    head = loaded.model.heads[loaded.task.name]
+    ids, lengths = ids[:, : max(1, int(lengths.max()))].to(loaded.device), lengths.to(loaded.device)
+    text = head.text_proj(loaded.model.encode_text(ids, lengths).pooled)
+    return torch.nn.functional.normalize(text.float(), dim=-1).cpu()
+
+
+@torch.no_grad()
+def image_embedding(loaded: Loaded, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalized image embeddings of a contrastive checkpoint for uint8 images, on the CPU."""
+    head = loaded.model.heads[loaded.task.name]
+    image = head.image_proj(loaded.model.encode_image(images.to(loaded.device)).pooled)
+    return torch.nn.functional.normalize(image.float(), dim=-1).cpu()
