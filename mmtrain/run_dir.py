@@ -167,6 +167,11 @@ def load_resume(cfg: DictConfig, resume_path: Path | None) -> dict | None:
     return resume
 
 
+def holds_no_run(run_dir: Path) -> bool:
+    """Nothing of a run here yet (a dir Hydra just made, or one left by a refused start)."""
+    return not any((run_dir / name).exists() for name in (".hydra", "status.json", "checkpoints"))
+
+
 def source_run(checkpoint: Path) -> Path | None:
     """The run dir a checkpoints/<stage>/<file>.pt belongs to (None for a lone file)."""
     folder = checkpoint.parent.parent

@@ -59,7 +59,11 @@ def run(cfg: DictConfig) -> float | None:
                             f"(nothing was written to {run_dir})")
     try:
         with StopSignal() as stop, run_dir_lib.writer_lock(run_dir, enabled=main_rank) as lock:
-            start, begun = _checked_start(cfg, run_dir, hydra_cfg, lock)
+            try:
+                start, begun = _checked_start(cfg, run_dir, hydra_cfg, lock)
+            except Exception as e:
+                _record_refusal(e, cfg, run_dir, hydra_cfg, lock)
+                raise
             if lock is not None:
                 lock.accept()
             summary = _run_accepted(start, begun, run_dir, hydra_cfg, stop, main_rank)
@@ -67,6 +71,20 @@ def run(cfg: DictConfig) -> float | None:
         raise Preempted(f"stopped by {e.signame} before the run started: nothing was written "
                         f"to {run_dir}; run the same command again") from None
     return summary.get("objective")
+
+
+def _record_refusal(error: Exception, cfg: DictConfig, run_dir: Path, hydra_cfg: Any,
+                    lock: run_dir_lib.WriterLock | None) -> None:
+    """A start refused in a run dir that held no run (a sweep job with a bad value): say so
+    there, as "failed", so that sweep summaries list it. A dir holding a run stays as it was."""
+    if lock is None or lock.fd is None or not run_dir_lib.holds_no_run(run_dir):
+        return
+    lock.accept()
+    run_dir_lib.write_hydra_files(run_dir, run_dir_lib.Start(cfg, list(hydra_cfg.overrides.task),
+                                                             dict(hydra_cfg.runtime.choices)), hydra_cfg)
+    now = time.time()
+    write_json(run_dir / "status.json", {"status": "failed", "started": now, "ended": now,
+                                         "error": f"{type(error).__name__}: {error}"})
 
 
 def _run_accepted(start: run_dir_lib.Start, begun: tuple[Path | None, dict | None], run_dir: Path,
