@@ -13,6 +13,7 @@ import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -289,6 +290,12 @@ class ExportConfig(CheckpointInputConfig):
     Export and its check run on the CPU, in fp32."""
 
 
+def run_stamp() -> str:
+    """The default run-dir name: the launch time to the microsecond, so two launches in the
+    same second get two dirs (and a clash anyway is refused by the run dir's lock)."""
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
@@ -297,6 +304,9 @@ def register_schemas() -> None:
     cs.store(name="embed_schema", node=EmbedConfig)
     cs.store(name="search_schema", node=SearchConfig)
     cs.store(name="export_schema", node=ExportConfig)
+    # Cached per config, like Hydra's `now`: a sweep's jobs share the sweep dir's stamp.
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
 
 
 def _walk_targets(node: Any, path: str):

@@ -6,7 +6,6 @@ import logging
 import os
 import random
 import re
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -14,11 +13,13 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mmtrain import run_dir as run_dir_lib
 from mmtrain.atomic import write_json
-from mmtrain.config import check_train_config, config_dir, instantiate, register_schemas
-from mmtrain.errors import CheckpointError, ConfigError
+from mmtrain.config import TrainConfig, check_train_config, config_dir, instantiate, register_schemas
+from mmtrain.errors import ConfigError
 
 log = logging.getLogger("mmtrain")
 
@@ -40,36 +41,139 @@ def main() -> None:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """One Hydra job. Leaves status.json in the run dir whatever happens (sweep reports read it)."""
+    """One Hydra job. Locks the run dir, checks the start, then writes `.hydra/` and
+    status.json; leaves status.json truthful whatever happens next (sweep reports read it)."""
     from mmtrain.engine import distributed
-    from mmtrain.engine.preemption import Preempted
+    from mmtrain.engine.preemption import Preempted, StopSignal, Stopped
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     main_rank = distributed.rank() == 0
     if not main_rank:
         logging.getLogger("mmtrain").setLevel(logging.WARNING)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        if hydra_cfg.job.num == 0:  # a new sweep in this process (a notebook's second one)
+            StopSignal.received = None
+        elif StopSignal.received:
+            raise Preempted(f"not started: {StopSignal.received} stopped an earlier job of this sweep "
+                            f"(nothing was written to {run_dir})")
+    try:
+        with StopSignal() as stop, run_dir_lib.writer_lock(run_dir, enabled=main_rank) as lock:
+            try:
+                start, begun = _checked_start(cfg, run_dir, hydra_cfg, lock)
+            except Exception as e:
+                _record_refusal(e, cfg, run_dir, hydra_cfg, lock)
+                raise
+            if lock is not None:
+                lock.accept()
+            summary = _run_accepted(start, begun, run_dir, hydra_cfg, stop, main_rank)
+    except Stopped as e:  # only before the start was accepted: later ones become Preempted
+        raise Preempted(f"stopped by {e.signame} before the run started: nothing was written "
+                        f"to {run_dir}; run the same command again") from None
+    return summary.get("objective")
+
+
+def _record_refusal(error: Exception, cfg: DictConfig, run_dir: Path, hydra_cfg: Any,
+                    lock: run_dir_lib.WriterLock | None) -> None:
+    """A start refused in a run dir that held no run (a sweep job with a bad value): say so
+    there, as "failed", so that sweep summaries list it. A dir holding a run stays as it was."""
+    if lock is None or lock.fd is None or not run_dir_lib.holds_no_run(run_dir):
+        return
+    lock.accept()
+    run_dir_lib.write_hydra_files(run_dir, run_dir_lib.Start(cfg, list(hydra_cfg.overrides.task),
+                                                             dict(hydra_cfg.runtime.choices)), hydra_cfg)
+    now = time.time()
+    write_json(run_dir / "status.json", {"status": "failed", "started": now, "ended": now,
+                                         "error": f"{type(error).__name__}: {error}"})
+
+
+def _run_accepted(start: run_dir_lib.Start, begun: tuple[Path | None, dict | None], run_dir: Path,
+                  hydra_cfg: Any, stop: Any, main_rank: bool) -> dict[str, Any]:
+    from mmtrain.engine.preemption import Preempted, Stopped
+
     status = run_dir / "status.json"
     started = time.time()
-    resume_path = prepare_run_dir(cfg, run_dir)  # refuse before writing anything into another run's dir
+    resume_path = begun[0]
     # A run continued in its own dir counts its earlier sessions' time too (reports show it).
-    earlier = _earlier_seconds(status) if resume_path is not None and _inside(resume_path, run_dir) else 0.0
-    if main_rank:
-        write_json(status, {"status": "running", "started": started, "seconds": earlier})
+    earlier = _earlier_seconds(status) if resume_path is not None and run_dir_lib.inside(resume_path, run_dir) else 0.0
     try:
-        summary = train(cfg, run_dir)
+        if main_rank:
+            run_dir_lib.remove_leftovers(run_dir)
+            run_dir_lib.write_hydra_files(run_dir, start, hydra_cfg)
+            write_json(status, {"status": "running", "started": started, "seconds": earlier})
+        if start.note:
+            log.info(start.note)
+        summary = train(start.cfg, run_dir, stop=stop, begun=begun)
+        stop.hold()  # done: a signal from now on changes nothing
+        if main_rank:
+            ended = time.time()
+            write_json(status, {"status": "completed", "started": started, "ended": ended,
+                                "seconds": earlier + ended - started})
+        return summary
     except BaseException as e:
-        state = "interrupted" if isinstance(e, (KeyboardInterrupt, Preempted)) else "failed"
+        stop.hold()  # a second signal must not cut the status write short
+        error = _stopped(e, run_dir, start.cfg) if isinstance(e, Stopped) else e
+        state = "interrupted" if isinstance(error, (KeyboardInterrupt, Preempted)) else "failed"
         if main_rank:
             ended = time.time()
             write_json(status, {"status": state, "started": started, "ended": ended,
-                                 "seconds": earlier + ended - started, "error": f"{type(e).__name__}: {e}"})
+                                 "seconds": earlier + ended - started,
+                                 "error": f"{type(error).__name__}: {error}"})
             (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-        raise
+        if error is e:
+            raise
+        raise error from None
+
+
+def _stopped(stopped: Any, run_dir: Path, cfg: DictConfig) -> Exception:
+    """A signal outside the training loop (start-up, final test): what there is to resume."""
+    from mmtrain.engine.preemption import Preempted, resume_command
+
+    if run_dir_lib.find_resume(True, run_dir, [str(n) for n in cfg.stages]) is not None:
+        return Preempted(f"stopped by {stopped.signame} outside the training steps; last.pt is there: "
+                         f"continue with {resume_command(run_dir)}")
+    return Preempted(f"stopped by {stopped.signame} before anything was trained: run the same command "
+                     f"again (with trainer.resume=true it also starts from scratch)")
+
+
+def _checked_start(cfg: DictConfig, run_dir: Path, hydra_cfg: Any, lock: run_dir_lib.WriterLock | None
+                   ) -> tuple[run_dir_lib.Start, tuple[Path | None, dict | None]]:
+    """Lock the run dir, then every refusal of a start, before anything is written. Under
+    torchrun rank 0 (`lock` given) decides and every rank gets its decision."""
+    from mmtrain.engine import distributed
+    from mmtrain.engine.checkpoint import load_checkpoint
+
+    main_rank = lock is not None
+    decision: Any = None
     if main_rank:
-        ended = time.time()
-        write_json(status, {"status": "completed", "started": started, "ended": ended,
-                            "seconds": earlier + ended - started})
-    return summary.get("objective")
+        try:
+            lock.acquire()
+            start = run_dir_lib.resumed_config(cfg, run_dir, list(hydra_cfg.overrides.task),
+                                               dict(hydra_cfg.runtime.choices),
+                                               schema=OmegaConf.structured(TrainConfig))
+            begun = begin(start.cfg, run_dir)
+            decision = (OmegaConf.to_container(start.cfg), start.overrides, start.choices, begun[0])
+        except Exception as e:
+            if not distributed.is_distributed():
+                raise
+            distributed.broadcast_object(f"{type(e).__name__}: {e}")
+            raise
+    decision = distributed.broadcast_object(decision)
+    if main_rank:
+        return start, begun
+    if isinstance(decision, str):
+        raise ConfigError(f"rank 0 refused the start: {decision}")
+    container, overrides, choices, resume_path = decision
+    resume = load_checkpoint(resume_path) if resume_path is not None else None
+    return run_dir_lib.Start(OmegaConf.create(container), overrides, choices), (resume_path, resume)
+
+
+def begin(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict | None]:
+    """Check the config and what the run dir holds; -> (checkpoint to resume, its contents)."""
+    check_train_config(cfg)
+    follow_pretrained_input_size(cfg)  # before the resume check: the checkpoint has the followed size
+    resume_path = run_dir_lib.prepare_run_dir(cfg, run_dir)
+    return resume_path, run_dir_lib.load_resume(cfg, resume_path)
 
 
 def _earlier_seconds(status: Path) -> float:
@@ -94,26 +198,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def find_resume(resume: Any, run_dir: Path, stage_names: list[str]) -> Path | None:
-    """trainer.resume: false | true (this run dir's newest last.pt, if any) | a run dir | a .pt file."""
-    if resume is False or resume is None or resume == "false":
-        return None
-    if resume is True or resume == "true":
-        base, required = run_dir, False
-    else:
-        base, required = Path(str(resume)), True
-        if base.is_file():
-            return base
-    for name in reversed(stage_names):
-        candidate = base / "checkpoints" / name / "last.pt"
-        if candidate.is_file():
-            return candidate
-    if required:
-        raise CheckpointError(f"trainer.resume={resume}: no checkpoints/<stage>/last.pt found there")
-    log.info("trainer.resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
-    return None
-
-
 def _monitor_mode(stage: str, stage_cfg: Any, task: Any, monitor: str) -> str:
     """A monitor named by the user ranks low-is-better when it is a loss, unless told otherwise."""
     mode = stage_cfg.monitor_mode
@@ -122,32 +206,6 @@ def _monitor_mode(stage: str, stage_cfg: Any, task: Any, monitor: str) -> str:
     if mode not in ("min", "max"):
         raise ConfigError(f"stages.{stage}.monitor_mode={mode!r}: choose min or max")
     return mode
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return folder.resolve() in path.resolve().parents
-
-
-def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from, if any; refuses a run dir holding another run's checkpoints."""
-    resume_path = find_resume(cfg.trainer.resume, run_dir, [str(n) for n in cfg.stages])
-    continuing = resume_path is not None and _inside(resume_path, run_dir)
-    if not continuing and any((run_dir / "checkpoints").glob("*/*.pt")):
-        raise ConfigError(f"{run_dir} already holds checkpoints: pass trainer.resume=true to continue "
-                          f"that run, or choose another hydra.run.dir (nothing was overwritten)")
-    return resume_path
-
-
-def _adopt_checkpoints(path: Path, resume: dict[str, Any], run_dir: Path, main_rank: bool) -> None:
-    """Resuming into a new run dir: bring the source run's checkpoints along, so the best.pt
-    files its state refers to exist here too (and the source run stays untouched)."""
-    source = path.parent.parent
-    if source.name == "checkpoints" and (source / str(resume["stage"])).resolve() == path.parent.resolve():
-        if main_rank:
-            shutil.copytree(source, run_dir / "checkpoints", dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns(".*.tmp"))
-    else:  # a lone file: its best-so-far files are not here, so the stage ranks afresh
-        resume["best"] = {**resume["best"], "value": None, "epoch": None, "top": []}
 
 
 def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
@@ -224,14 +282,13 @@ def build_for_weights(cfg: DictConfig, info: Any, state: Any, path: Any) -> tupl
     return model, {s.name: s for s in build_tasks(cfg, model, info)}
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    check_train_config(cfg)
-    follow_pretrained_input_size(cfg)
-    if cfg.print_config and int(os.environ.get("RANK", "0")) == 0:
-        log.info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True).rstrip())
+def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
+          begun: tuple[Path | None, dict | None] | None = None) -> dict[str, Any]:
+    """Train `cfg` into `run_dir` (the Python API; `mmtrain train` calls it from `run`, with
+    the start already checked as `begun` and the StopSignal it holds as `stop`)."""
     from mmtrain import data as data_lib
     from mmtrain.engine import distributed
-    from mmtrain.engine.checkpoint import checkpoint_tokenizer, config_mismatch, load_checkpoint
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint
     from mmtrain.engine.logger import MetricLogger, final_metrics, hyperparameters, run_name, task_overrides
     from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.threads import set_num_threads
@@ -239,28 +296,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from mmtrain.engine.transfer import find_init_checkpoint, load_modules
     from mmtrain.models.model import build_model, model_tokenizer
 
-    resume_path = prepare_run_dir(cfg, run_dir)
-    distributed.barrier()  # every rank has looked before rank 0 writes a checkpoint
-    resume = load_checkpoint(resume_path) if resume_path else None
-    if resume is not None and "position" not in resume:
-        raise CheckpointError(f"{resume_path} is a best.pt (weights only): resume from a last.pt")
+    resume_path, resume = begun if begun is not None else begin(cfg, run_dir)
+    if cfg.print_config and distributed.rank() == 0:  # once the start is accepted: a refusal logs nothing
+        log.info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True).rstrip())
+    if resume_path is None and cfg.trainer.resume in (True, "true"):
+        log.info("trainer.resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
     container = OmegaConf.to_container(cfg, resolve=True)
-    if resume is not None:
-        # What decides the weights and the order of the batches must match for an exact
-        # resume; where the data lives and how it is cached may change.
-        # An optimizer of another kind cannot take over the saved state (SGD has no Adam moments).
-        sections = ("model", "data", "seed", "optimizer._target_", "trainer.batch_size",
-                    "trainer.accumulate_grad_batches") \
-            + tuple(f"stages.{n}.task" for n in cfg.stages)
-        differ = config_mismatch(resume["config"], container, sections,
-                                 ignore=("data.root", "data.download", "data.cache", "data.cache_images",
-                                         "data.cache_dir"))
-        if differ:
-            raise CheckpointError(f"{resume_path} was trained with another config "
-                                  f"({len(differ)} differences: {'; '.join(differ[:3])}): resume with "
-                                  f"the same settings, or start a new run dir")
-        if not _inside(resume_path, run_dir):
-            _adopt_checkpoints(resume_path, resume, run_dir, distributed.rank() == 0)
+    if resume is not None and not run_dir_lib.inside(resume_path, run_dir):
+        run_dir_lib.adopt_checkpoints(resume_path, resume, run_dir, distributed.rank() == 0)
+    distributed.barrier()  # every rank has looked before rank 0 writes a checkpoint
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     threads = set_num_threads(cfg.trainer.num_threads)
@@ -305,7 +349,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     trainer = Trainer(model, data, run_dir, trainer_cfg=cfg.trainer, optimizer_cfg=cfg.optimizer,
                       scheduler_cfg=cfg.scheduler, device=device, seed=cfg.seed, config=container,
-                      logger=logger)
+                      logger=logger, stop=stop)
     try:
         results = trainer.fit(stages, resume=resume)
         summary = _test_and_summarize(cfg, run_dir, trainer, stages, results, main_rank, transferred)

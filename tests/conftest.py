@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -57,6 +58,12 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 1200, env: dict | None = 
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(mmtrain_exe() + args, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file below `folder` (hidden ones included) -> the SHA-256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,10 +4,21 @@ Bit-exact resume equivalence is proven in test_trainer_resume.py."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+from pathlib import Path
+
 import pytest
+import torch
 
 from mmtrain.errors import ConfigError
-from tests.conftest import TINY, train_in_process
+from mmtrain.train import train
+from tests.conftest import TINY, mmtrain_exe, run_cli, train_in_process, tree_digest
+from tests.test_trainer_signals import stalled, stop, wait_for
+from tests.trainer_utils import TINY as SMALL, cli_env, make_config
 
 
 def test_a_fresh_run_never_overwrites_a_run_dir_with_checkpoints(tmp_path):
@@ -52,17 +63,89 @@ def test_resume_refuses_other_data_or_batch_settings(tmp_path):
     assert not (tmp_path / "b" / "checkpoints").exists()
 
 
-def test_a_refused_start_leaves_the_existing_run_status_alone(tmp_path):
-    from tests.conftest import run_cli
-
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # launches of the CLI: generous for a busy machine
+def test_a_refused_start_leaves_every_byte_of_the_existing_run_dir(tmp_path):
     run_dir = tmp_path / "run"
-    out = run_cli(["train", *TINY, "stages.pretrain.epochs=0", f"hydra.run.dir={run_dir}"], tmp_path)
+    out = run_cli(["train", *SMALL, "stages.finetune.epochs=0", f"hydra.run.dir={run_dir}"], tmp_path)
     assert out.returncode == 0, out.stderr
-    status = (run_dir / "status.json").read_text()
-    out = run_cli(["train", *TINY, f"hydra.run.dir={run_dir}"], tmp_path)
-    assert out.returncode == 2 and "already holds checkpoints" in out.stderr
-    assert (run_dir / "status.json").read_text() == status
-    assert not (run_dir / "error.txt").exists()
+    before = tree_digest(run_dir)
+    assert ".hydra/overrides.yaml" in before and "train.log" in before
+    # Another config into the same dir, then resumes that would change the model.
+    for args in (["stages.finetune.epochs=1"], ["trainer.resume=true", "model.fusion.dim=32"],
+                 ["trainer.resume=true", "model/fusion=sum"]):
+        out = run_cli(["train", *SMALL, *args, f"hydra.run.dir={run_dir}"], tmp_path)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert tree_digest(run_dir) == before, args
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # launches of the CLI: generous for a busy machine
+def test_a_second_writer_is_refused_while_the_first_holds_the_run_dir(tmp_path):
+    run_dir, marker = tmp_path / "run", tmp_path / "building-data"
+    first = stalled("start-up", marker, [*SMALL, f"hydra.run.dir={run_dir}"])
+    wait_for(marker, first)  # the first writer holds the lock and is building its data
+    before = tree_digest(run_dir)
+    out = run_cli(["train", *SMALL, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"is being written by another mmtrain process (pid {first.pid})" in out.stderr
+    assert out.stderr.strip().endswith("(nothing was written)"), "one line, nothing appended"
+    assert tree_digest(run_dir) == before
+    stop(first)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # launches of the CLI: generous for a busy machine
+def test_two_launches_in_the_same_second_get_a_run_dir_each(tmp_path):
+    args = ["train", *SMALL, "stages.pretrain.epochs=0", "stages.finetune.epochs=0"]
+    launches = [subprocess.Popen(mmtrain_exe() + args, cwd=tmp_path, env=cli_env(), text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in launches]
+    assert [p.returncode for p in launches] == [0, 0], outputs
+    runs = sorted((tmp_path / "outputs" / "synthetic").iterdir())
+    assert len(runs) == 2, runs
+    assert all(json.loads((r / "status.json").read_text())["status"] == "completed" for r in runs)
+
+
+def _adopt_and_die(source: str, target: str) -> None:
+    """Resume `source` into `target`, SIGKILLed in the middle of copying a checkpoint."""
+    import shutil
+
+    def die(dst) -> None:
+        dst.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def torn_stream(src, dst, length=0):
+        dst.write(src.read(1000))
+        die(dst)
+
+    def torn_file(src, dst, **kwargs):
+        with open(src, "rb") as f, open(dst, "wb") as out:
+            out.write(f.read(1000))
+            die(out)
+
+    torch.set_num_threads(1)
+    # Whichever way the copy goes (file objects, or copyfile as copytree does).
+    shutil.copyfileobj, shutil.copyfile = torn_stream, torn_file
+    train(make_config(f"trainer.resume={source}"), Path(target))
+
+
+def test_a_resume_killed_while_copying_the_source_checkpoints_can_be_retried(tmp_path):
+    source, target = tmp_path / "a", tmp_path / "b"
+    train(make_config(), source)
+    child = multiprocessing.get_context("fork").Process(target=_adopt_and_die, args=(str(source), str(target)))
+    child.start()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+    assert not list(target.glob("checkpoints/*/*.pt")), "a half-adopted checkpoint is in sight"
+    (target / ".status.json.x1y2.tmp").write_text("torn")  # and a status write the kill cut short
+
+    out = run_cli(["train", f"trainer.resume={source}", f"hydra.run.dir={target}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("best.pt", "last.pt"):
+        a, b = source / "checkpoints" / "finetune" / name, target / "checkpoints" / "finetune" / name
+        assert b.read_bytes() == a.read_bytes(), name  # the source had finished: nothing trained since
+    assert not [p for p in target.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_eval_defaults_to_the_precision_and_batch_size_training_used(tmp_path):
@@ -75,3 +158,26 @@ def test_eval_defaults_to_the_precision_and_batch_size_training_used(tmp_path):
     fp32 = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "finetune" / "best.pt", device="cpu",
                                precision="32")
     assert fp32["metrics"]["loss"] != summary["test"]["loss"]
+
+
+def test_resuming_a_foreign_run_dir_whose_saved_config_names_other_callables_is_refused(tmp_path):
+    # A run dir from elsewhere: its .hydra/config.yaml is what a resume starts from, so it is
+    # untrusted input like a checkpoint's config (the checkpoint itself is never read here).
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_train
+
+    source = tmp_path / "downloaded_run"
+    (source / ".hydra").mkdir(parents=True)
+    (source / "checkpoints" / "finetune").mkdir(parents=True)
+    (source / "checkpoints" / "finetune" / "last.pt").write_bytes(b"never read")
+    victim = tmp_path / "victim"
+    saved = OmegaConf.to_container(compose_train(TINY))
+    saved["optimizer"] = {"_target_": "os.makedirs", "name": str(victim)}
+    (source / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    out = run_cli(["train", f"trainer.resume={source}", f"hydra.run.dir={tmp_path / 'new'}"], cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = out.stderr.strip()
+    assert "\n" not in line and "optimizer" in line and "os.makedirs" in line, line
+    assert not victim.exists() and not (tmp_path / "new" / "checkpoints").exists()
+    assert (source / "checkpoints" / "finetune" / "last.pt").read_bytes() == b"never read"

@@ -35,11 +35,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_grid_sweep_with_failing_jobs_still_writes_a_summary_ranked_best_first(tmp_path):
     sweep = tmp_path / "sweep"
-    # lr=-1 makes AdamW refuse to start: two of the six jobs fail (in their own run dirs), the sweep goes on and then raises.
+    # lr=-1 is refused at start: two of the six jobs fail (in their own run dirs), the sweep goes on and then raises.
     out = mmtrain("train", "-m", *TINY, "model.fusion.dim=16", "model/fusion=concat,sum",
                   "optimizer.lr=3e-3,1e-3,-1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert out.returncode == 1, out.stderr
-    assert "Invalid learning rate" in out.stderr
+    assert out.returncode == 2, out.stderr
+    assert "a learning rate is >= 0" in out.stderr
 
     rows = read_csv(sweep / "summary.csv")
     assert list(rows[0])[3:6] == ["model/fusion", "optimizer.lr", "test/accuracy"]
@@ -47,7 +47,7 @@ def test_grid_sweep_with_failing_jobs_still_writes_a_summary_ranked_best_first(t
     done = [r for r in rows if r["status"] == "completed"]
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(done) == 4 and len(failed) == 2 and rows[:4] == done  # failures listed last
-    assert all(r["optimizer.lr"] == "-1" and "Invalid learning rate" in r["error"] for r in failed)
+    assert all(r["optimizer.lr"] == "-1" and "a learning rate is >= 0" in r["error"] for r in failed)
     accuracies = [float(r["test/accuracy"]) for r in done]
     assert accuracies == sorted(accuracies, reverse=True) and [r["rank"] for r in done] == ["1", "2", "3", "4"]
     for r in done:  # the table holds each run's own final test metric

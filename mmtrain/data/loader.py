@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import signal
+import weakref
+
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -16,14 +20,45 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
     fixed number of negatives); evaluation loaders keep every sample, in order."""
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size,
                            epoch_tagged=train and getattr(dataset, "varies_by_epoch", False))
-    return DataLoader(
+    loader = DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=train, collate_fn=collate,
         num_workers=num_workers, persistent_workers=num_workers > 0,
         pin_memory=device is not None and device.type == "cuda",
         # Each iter() draws a worker base seed from this generator; drawing it from the
         # global RNG instead would shift dropout masks after a mid-epoch resume.
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=ignore_stop_signals,
     )
+    if num_workers > 0:
+        _WITH_WORKERS.add(loader)
+    return loader
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A SIGTERM to the whole process group (schedulers, `kill -- -PGID`) or a Ctrl-C reaches
+    the workers too: they must not die under the main process, which saves and stops.
+    (A worker still ends when the main process dies: torch's workers watch their parent.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_WITH_WORKERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _end_workers() -> None:
+    """Persistent workers end when their iterator is collected, which a traceback (a run
+    stopped by a signal or an error) delays past this point; multiprocessing would then
+    SIGTERM them, which they ignore, and wait forever. End them first: registered after
+    multiprocessing's and torch's exit hooks, this runs before both."""
+    for loader in list(_WITH_WORKERS):
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is None or not hasattr(iterator, "_shutdown_workers"):
+            continue
+        iterator._shutdown_workers()
+        for worker in getattr(iterator, "_workers", []):
+            if worker.is_alive():  # stuck: SIGTERM would be ignored
+                worker.kill()
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

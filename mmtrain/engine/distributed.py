@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from datetime import timedelta
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+
+from mmtrain.config import run_stamp
 
 RUN_STAMP_ENV = "MMTRAIN_RUN_STAMP"
 
@@ -51,7 +52,7 @@ def init_from_env() -> None:
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     if RUN_STAMP_ENV not in os.environ:
-        os.environ[RUN_STAMP_ENV] = broadcast_object(time.strftime("%Y-%m-%d_%H-%M-%S"))
+        os.environ[RUN_STAMP_ENV] = broadcast_object(run_stamp())
 
 
 def shutdown() -> None:

@@ -35,7 +35,7 @@ from mmtrain.engine.contrastive_cache import cached_contrastive_backward, suppor
 from mmtrain.engine.logger import MetricLogger
 from mmtrain.engine.optimizer import build_optimizer
 from mmtrain.engine.precision import autocast, enable_tf32, grad_scaler, resolve_precision
-from mmtrain.engine.preemption import Preempted, StopSignal
+from mmtrain.engine.preemption import Preempted, StopSignal, resume_command
 from mmtrain.engine.throughput import ThroughputMeter, count_train_flops, peak_flops
 from mmtrain.errors import ConfigError, MmtrainError
 from mmtrain.models.model import MultimodalModel, StageModule, blank_modalities, set_frozen
@@ -92,7 +92,7 @@ def evaluate(model: MultimodalModel, task: Any, loader: Iterable, device: torch.
 class Trainer:
     def __init__(self, model: MultimodalModel, data: DataBundle, run_dir: Path, *,
                  trainer_cfg: Any, optimizer_cfg: Any, scheduler_cfg: Any, device: torch.device,
-                 seed: int, config: dict, logger: MetricLogger) -> None:
+                 seed: int, config: dict, logger: MetricLogger, stop: StopSignal | None = None) -> None:
         self.model = model.to(device)
         self.data = data
         self.run_dir = run_dir
@@ -117,7 +117,8 @@ class Trainer:
                                         num_workers=trainer_cfg.num_workers, device=device,
                                         rank=self.rank, world_size=self.world_size)
         self.resume_state: dict[str, Any] | None = None
-        self.stop = StopSignal()
+        # `mmtrain train` passes the one it holds from start to end; alone, the trainer has its own.
+        self.stop = stop or StopSignal()
         self.meter = ThroughputMeter(device, self.world_size)
         self._global_step = 0
         self.started = time.perf_counter()
@@ -148,7 +149,8 @@ class Trainer:
             if self.is_main:
                 remove_partial_writes(self.run_dir / "checkpoints")
         results: dict[str, dict] = dict(resume.get("results", {})) if resume else {}
-        with self.stop:
+        own = contextlib.nullcontext() if self.stop.active else self.stop
+        with own, self.stop.deferred():
             for index, stage in enumerate(stages):
                 if index < start.stage_index:
                     continue
@@ -162,6 +164,12 @@ class Trainer:
                 pos = start if index == start.stage_index else Position(index, 0, 0, start.global_step)
                 results[stage.name] = self._run_stage(stage, pos, results)
                 start = Position(index + 1, 0, 0, self._global_step)
+            if dist.any_rank(self.stop.requested is not None):
+                # A signal after the last step (during the last validation or save): last.pt
+                # is at the end, so a resume goes straight to the final test.
+                raise Preempted(f"stopped by {self.stop.requested or 'a signal on another rank'} after "
+                                f"the last step ({self._global_step}); last.pt saved: continue with "
+                                f"{resume_command(self.run_dir)}")
         return results
 
     def _run_stage(self, stage: Stage, pos: Position, results: dict[str, dict]) -> dict:
@@ -367,7 +375,7 @@ class Trainer:
                 bar.close()
                 raise Preempted(f"stopped by {self.stop.requested or 'a signal on another rank'} after "
                                 f"step {self._global_step} (stage {stage.name}, epoch {epoch + 1}); "
-                                f"last.pt saved: continue with trainer.resume=true hydra.run.dir={self.run_dir}")
+                                f"last.pt saved: continue with {resume_command(self.run_dir)}")
             if every_n and done % every_n == 0 and done < steps_per_epoch:
                 self._save_last(ctx, Position(stage_index, epoch, done, self._global_step))
         bar.close()
