@@ -92,24 +92,21 @@ def _graphs(loaded: Any) -> list[Graph]:
         return [Graph("classifier", Classifier(), ["image", "ids", "lengths"], ["logits", "probabilities"],
                       {"image": batch, **text_axes}, f"{image_name} + {text_name} + {fusion_name}", limit)]
     if kind == "contrastive":
-        head = model.heads[task.name]
-
         class ImageEmbeds(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.model, self.head = model, head
+                self.model = model
 
             def forward(self, image: torch.Tensor) -> tuple:
-                return (F.normalize(self.head.image_proj(self.model.encode_image(image).pooled).float(), dim=-1),)
+                return (task.embed_image(self.model, image),)
 
         class TextEmbeds(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.model, self.head = model, head
+                self.model = model
 
             def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple:
-                text = self.model.encode_text(ids, lengths).pooled
-                return (F.normalize(self.head.text_proj(text).float(), dim=-1),)
+                return (task.embed_text(self.model, ids, lengths),)
 
         return [Graph("image_encoder", ImageEmbeds(), ["image"], ["image_embeds"], {"image": batch}, image_name),
                 Graph("text_encoder", TextEmbeds(), ["ids", "lengths"], ["text_embeds"], text_axes, text_name, limit)]

@@ -221,15 +221,11 @@ def embed_texts(loaded: Loaded, texts: Sequence[str], batch_size: int = 256,
 
 
 def text_embedding(loaded: Loaded, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    head = loaded.model.heads[loaded.task.name]
     ids, lengths = ids[:, : max(1, int(lengths.max()))].to(loaded.device), lengths.to(loaded.device)
-    text = head.text_proj(loaded.model.encode_text(ids, lengths).pooled)
-    return torch.nn.functional.normalize(text.float(), dim=-1).cpu()
+    return loaded.task.embed_text(loaded.model, ids, lengths).cpu()
 
 
 @torch.no_grad()
 def image_embedding(loaded: Loaded, images: torch.Tensor) -> torch.Tensor:
     """L2-normalized image embeddings of a contrastive checkpoint for uint8 images, on the CPU."""
-    head = loaded.model.heads[loaded.task.name]
-    image = head.image_proj(loaded.model.encode_image(images.to(loaded.device)).pooled)
-    return torch.nn.functional.normalize(image.float(), dim=-1).cpu()
+    return loaded.task.embed_image(loaded.model, images.to(loaded.device)).cpu()

@@ -107,10 +107,18 @@ class ContrastiveTask:
 
     def embed(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> L2-normalized image and text embeddings, B x embed_dim each, in fp32."""
-        head = model.heads[self.name]
-        image = head.image_proj(model.encode_image(batch["image"]).pooled)
-        text = head.text_proj(model.encode_text(batch["text"], batch["text_lengths"]).pooled)
-        return F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+        return (self.embed_image(model, batch["image"]),
+                self.embed_text(model, batch["text"], batch["text_lengths"]))
+
+    def embed_image(self, model: Any, image: torch.Tensor) -> torch.Tensor:
+        """uint8 B x C x H x W -> L2-normalized B x embed_dim, in fp32 (also predict/embed/export)."""
+        image = model.heads[self.name].image_proj(model.encode_image(image).pooled)
+        return F.normalize(image.float(), dim=-1)
+
+    def embed_text(self, model: Any, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """B x T token ids -> L2-normalized B x embed_dim, in fp32 (also predict/embed/export)."""
+        text = model.heads[self.name].text_proj(model.encode_text(ids, lengths).pooled)
+        return F.normalize(text.float(), dim=-1)
 
     def logit_scale(self, model: Any) -> torch.Tensor:
         return model.heads[self.name].logit_scale.clamp(max=self.max_log_scale).exp()
