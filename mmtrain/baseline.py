@@ -212,7 +212,11 @@ def _load_config(argv: list[str]) -> tuple[Any, Path | None, Path | None, str]:
         saved = run / ".hydra" / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"{run} has no .hydra/config.yaml: pass a run dir that `mmtrain train` wrote")
+        from mmtrain.trust import check_config_targets
+
         cfg = OmegaConf.merge(OmegaConf.load(saved), OmegaConf.from_dotlist(overrides))
+        # A run dir may come from anyone: its config builds only what mmtrain's own configs name.
+        check_config_targets(cfg, source=str(saved))
     else:
         register_schemas()
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

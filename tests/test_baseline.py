@@ -83,3 +83,20 @@ def test_coco_retrieval_baselines_cover_every_test_caption_without_decoding_an_i
     # Recall counts every caption of the 16 test images: fractions of len(annotations).
     n = len(doc["annotations"])
     assert round(result["baselines"]["random"]["t2i_r10"] * n) == pytest.approx(result["baselines"]["random"]["t2i_r10"] * n)
+
+
+def test_a_run_dir_whose_saved_config_names_other_callables_is_refused_before_building(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mmtrain.errors import ConfigError
+    from tests.conftest import compose_train
+
+    run = tmp_path / "downloaded_run"
+    (run / ".hydra").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    saved = OmegaConf.to_container(compose_train(TINY))
+    saved["data"] = {"_target_": "os.makedirs", "name": str(victim)}
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    with pytest.raises(ConfigError, match=r"data.*os\.makedirs"):
+        baseline_main([f"run={run}"])
+    assert not victim.exists() and not (run / "baselines.json").exists()
