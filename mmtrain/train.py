@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -292,7 +293,8 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
     from mmtrain.engine.logger import MetricLogger, final_metrics, hyperparameters, run_name, task_overrides
     from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.threads import set_num_threads
-    from mmtrain.engine.trainer import Trainer
+    from mmtrain.engine.optimizer import build_optimizer
+    from mmtrain.engine.trainer import Trainer, TrainerSettings
     from mmtrain.engine.transfer import find_init_checkpoint, load_modules
     from mmtrain.models.model import build_model, model_tokenizer
 
@@ -302,8 +304,9 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
     if resume_path is None and cfg.trainer.resume in (True, "true"):
         log.info("trainer.resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
     container = OmegaConf.to_container(cfg, resolve=True)
+    best_files = True  # the best checkpoints a resumed run ranked are in run_dir
     if resume is not None and not run_dir_lib.inside(resume_path, run_dir):
-        run_dir_lib.adopt_checkpoints(resume_path, resume, run_dir, distributed.rank() == 0)
+        best_files = run_dir_lib.adopt_checkpoints(resume_path, resume, run_dir, distributed.rank() == 0)
     distributed.barrier()  # every rank has looked before rank 0 writes a checkpoint
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
@@ -347,11 +350,12 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
     if resume is not None:
         log.info("resuming from %s at %s", resume_path, resume["position"])
 
-    trainer = Trainer(model, data, run_dir, trainer_cfg=cfg.trainer, optimizer_cfg=cfg.optimizer,
-                      scheduler_cfg=cfg.scheduler, device=device, seed=cfg.seed, config=container,
-                      logger=logger, stop=stop)
     try:
-        results = trainer.fit(stages, resume=resume)
+        trainer = Trainer(model, data, run_dir, settings=TrainerSettings.from_config(cfg.trainer, device),
+                          optimizer=functools.partial(build_optimizer, cfg.optimizer, device=device),
+                          scheduler=instantiate(cfg.scheduler), device=device, seed=cfg.seed,
+                          config=container, logger=logger, stop=stop)
+        results = trainer.fit(stages, resume=resume, best_files=best_files)
         summary = _test_and_summarize(cfg, run_dir, trainer, stages, results, main_rank, transferred)
         logger.log_final(hparams, final_metrics(summary), trainer.global_step,
                          [Path(p) for p in summary.get("artifacts", [])])
