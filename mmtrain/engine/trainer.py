@@ -31,7 +31,6 @@ from mmtrain.engine import distributed as dist
 from mmtrain.engine.checkpoint import (FORMAT_VERSION, CheckpointSaver, load_model_state,
                                        remove_partial_writes, rng_state, set_rng_state)
 from mmtrain.engine import epoch_log
-from mmtrain.engine.contrastive_cache import cached_contrastive_backward, supports_cache
 from mmtrain.engine.logger import MetricLogger
 from mmtrain.engine.optimizer import build_optimizer
 from mmtrain.engine.precision import autocast, enable_tf32, grad_scaler, resolve_precision
@@ -39,6 +38,7 @@ from mmtrain.engine.preemption import Preempted, StopSignal, resume_command
 from mmtrain.engine.throughput import ThroughputMeter, count_train_flops, peak_flops
 from mmtrain.errors import ConfigError, MmtrainError
 from mmtrain.models.model import MultimodalModel, StageModule, blank_modalities, set_frozen
+from mmtrain.tasks import Batch, Evaluation, Task
 
 log = logging.getLogger("mmtrain")
 
@@ -46,7 +46,7 @@ log = logging.getLogger("mmtrain")
 @dataclass
 class Stage:
     name: str
-    task: Any
+    task: Task
     epochs: int
     freeze: list[str]
     lr: float | None
@@ -69,12 +69,12 @@ class Position:
     global_step: int = 0
 
 
-def evaluate(model: MultimodalModel, task: Any, loader: Iterable, device: torch.device,
-             precision: str, blank: Iterable[str] = (), limit: int | None = None) -> dict[str, float]:
+def evaluate(model: MultimodalModel, task: Task, loader: Iterable, device: torch.device,
+             precision: str, blank: Iterable[str] = (), limit: int | None = None) -> Evaluation:
     """Run `task`'s metrics over a whole loader (optionally with modalities blanked)."""
     blank = tuple(blank)
 
-    def batches() -> Iterator[dict[str, torch.Tensor]]:
+    def batches() -> Iterator[Batch]:
         for i, batch in enumerate(loader):
             if limit is not None and i >= limit:
                 break
@@ -84,9 +84,9 @@ def evaluate(model: MultimodalModel, task: Any, loader: Iterable, device: torch.
     was_training = model.training
     model.eval()
     with torch.no_grad(), autocast(device, precision):
-        metrics = task.evaluate(model, batches())
+        evaluation = task.evaluate(model, batches())
     model.train(was_training)
-    return metrics
+    return evaluation
 
 
 class Trainer:
@@ -272,10 +272,10 @@ class Trainer:
         """The module the step loop calls: compiled if asked, then wrapped in DDP.
 
         Returns (module, cached): with contrastive_accumulation=cache the loop calls the
-        task's `embed` on the plain model instead (see contrastive_cache.py).
+        task's `cached_backward` on the plain model instead.
         """
         cached = (self.cfg.contrastive_accumulation == "cache" and self.cfg.accumulate_grad_batches > 1
-                  and supports_cache(stage.task))
+                  and stage.task.supports_gradient_cache)
         module: torch.nn.Module = StageModule(self.model, stage.task)
         if cached:
             return module, True
@@ -314,7 +314,7 @@ class Trainer:
         if self.is_main:
             with dist.local_only():
                 metrics = evaluate(self.model, stage.task, self.val_loader, self.device, self.precision,
-                                   limit=self.cfg.limit_eval_batches)
+                                   limit=self.cfg.limit_eval_batches).metrics
         return dist.broadcast_object(metrics)
 
     # ------------------------------------------------------------------ steps
@@ -401,7 +401,7 @@ class Trainer:
         amp = lambda: autocast(self.device, self.precision)  # noqa: E731
         if ctx["cached"]:
             micro = [self._next_batch(batches) for _ in range(accumulate)]
-            return cached_contrastive_backward(self.model, stage.task, micro, amp, scaler.scale)
+            return stage.task.cached_backward(self.model, micro, amp, scaler.scale)
         totals: dict[str, torch.Tensor] = {}
         for i in range(accumulate):
             batch = self._next_batch(batches)
