@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import hydra.utils
 import torch
@@ -80,10 +80,16 @@ class MultimodalModel(nn.Module):
         return 0.5 * (head["image"](image_part) + head["text"](text_part))
 
 
+class TrainingStep(Protocol):
+    """What `StageModule` needs of a task (`mmtrain.tasks.Task`, a layer above, declares it)."""
+
+    def training_step(self, model: MultimodalModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
 class StageModule(nn.Module):
     """The model and one task's loss as a single module, so DDP sees every forward."""
 
-    def __init__(self, model: MultimodalModel, task: Any) -> None:
+    def __init__(self, model: MultimodalModel, task: TrainingStep) -> None:
         super().__init__()
         self.model = model
         self.task = task
