@@ -180,8 +180,8 @@ class ContrastiveTask(Task):
                 states.append(_rng_state(device))
                 with autocast():
                     image, text = self.embed(model, batch)
-                images.append(image.float())
-                texts.append(text.float())
+                images.append(image)
+                texts.append(text)
         image = torch.cat(images).requires_grad_()                  # N*B x D, leaves
         text = torch.cat(texts).requires_grad_()
         scale = self.logit_scale(model)
