@@ -16,7 +16,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import hydra
 import numpy as np
@@ -25,9 +25,6 @@ from omegaconf import DictConfig
 from mmtrain.atomic import write_atomically, write_json
 from mmtrain.config import config_dir, register_schemas
 from mmtrain.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from mmtrain.inference import Loaded
 
 log = logging.getLogger("mmtrain")
 
@@ -111,7 +108,7 @@ def start_index(folder: Path, meta: dict[str, Any]) -> Index:
     return Index(folder, {**meta, "shards": [], "count": 0, "skipped": []})
 
 
-def _embed_images(loaded: Loaded, index: Index, root: Path, cfg: DictConfig) -> None:
+def _embed_images(loaded: Any, index: Index, root: Path, cfg: DictConfig) -> None:
     from tqdm.auto import tqdm
 
     from mmtrain.inference import find_images, image_batches, image_embedding
@@ -145,7 +142,7 @@ def _embed_images(loaded: Loaded, index: Index, root: Path, cfg: DictConfig) -> 
         index.add_shard(names, np.concatenate(rows) if rows else np.zeros((0, index.meta["dim"]), np.float32))
 
 
-def _embed_texts(loaded: Loaded, index: Index, text_file: str, cfg: DictConfig) -> None:
+def _embed_texts(loaded: Any, index: Index, text_file: str, cfg: DictConfig) -> None:
     from mmtrain.inference import embed_texts, read_texts
 
     done = set(index.names())
