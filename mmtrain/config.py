@@ -56,7 +56,7 @@ class TrainerConfig:
     """Micro-batches per optimizer step; under DDP only the last one all-reduces."""
     contrastive_accumulation: str = "plain"
     """plain: each micro-batch's contrastive loss sees its own negatives; cache: negatives span
-    the whole accumulated batch (GradCache, one extra forward), see contrastive_cache.py."""
+    the whole accumulated batch (GradCache, one extra forward), see ContrastiveTask.cached_backward."""
     max_nonfinite_steps: int = 20
     """Steps with a non-finite gradient are skipped; this many in a row stop the run."""
     log_every_n_steps: int = 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -14,6 +14,11 @@ from mmtrain.atomic import write_json
 from mmtrain.config import PRECISIONS, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.train import build_for_weights, config_dir
+
+if TYPE_CHECKING:
+    from mmtrain.data import DataBundle
+    from mmtrain.models.model import MultimodalModel
+    from mmtrain.tasks import Task
 
 log = logging.getLogger("mmtrain")
 
@@ -87,9 +92,9 @@ class Rebuilt:
 
     checkpoint: dict[str, Any]
     config: DictConfig
-    data: Any
-    model: Any
-    task: Any
+    data: DataBundle
+    model: MultimodalModel
+    task: Task
     """The task of the stage that saved the checkpoint."""
 
 
@@ -170,14 +175,15 @@ def evaluate_rebuilt(built: Rebuilt, path: Path, split: str = "test", *, device:
     loader = make_loader(built.data.split(split), batch_size, train=False, num_workers=num_workers,
                          device=dev)
     result: dict[str, Any] = {"checkpoint": str(path), "stage": built.checkpoint["stage"], "split": split}
-    result["metrics"] = evaluate(model, task, loader, dev, precision, limit=limit_eval_batches)
-    if artifacts_dir is not None and hasattr(task, "write_artifacts"):
-        result["artifacts"] = [str(p) for p in task.write_artifacts(artifacts_dir)]
+    evaluation = evaluate(model, task, loader, dev, precision, limit=limit_eval_batches)
+    result["metrics"] = evaluation.metrics
+    if artifacts_dir is not None and evaluation.artifacts:
+        result["artifacts"] = [str(p) for p in evaluation.write_artifacts(artifacts_dir)]
     if ablate:
         # A task's target is not an input to blank (captioning's text is what it predicts).
-        for blank in getattr(task, "input_modalities", ("image", "text")):
+        for blank in task.input_modalities:
             result[f"metrics_without_{blank}"] = evaluate(model, task, loader, dev, precision,
-                                                          blank=(blank,), limit=limit_eval_batches)
+                                                          blank=(blank,), limit=limit_eval_batches).metrics
     return result
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -23,6 +23,10 @@ from mmtrain.data.coco import load_image
 from mmtrain.data.tokenizer import TextTokenizer
 from mmtrain.errors import CheckpointError, ConfigError, DataError
 
+if TYPE_CHECKING:
+    from mmtrain.models.model import MultimodalModel
+    from mmtrain.tasks import Task
+
 KINDS = {"ClassificationTask": "classification", "ContrastiveTask": "contrastive",
          "CaptioningTask": "captioning", "MultitaskTask": "multitask"}
 
@@ -32,8 +36,8 @@ class Loaded:
     """A checkpoint rebuilt for inference: the model in eval mode on `device`."""
 
     path: Path
-    model: Any
-    task: Any
+    model: MultimodalModel
+    task: Task
     """The task of the stage that saved the checkpoint (its head is what was trained last)."""
     stage: str
     info: DataInfo

@@ -13,7 +13,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import hydra
 from omegaconf import DictConfig
@@ -21,6 +21,9 @@ from omegaconf import DictConfig
 from mmtrain.atomic import write_text
 from mmtrain.config import config_dir, register_schemas
 from mmtrain.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from mmtrain.inference import Loaded
 
 Row = dict[str, Any]
 
@@ -58,7 +61,7 @@ def _decoded(batch: Any) -> None:
         raise DataError(batch.errors[0][1])
 
 
-def classify(loaded: Any, paths: Sequence[Path], texts: list[str], cfg: DictConfig) -> list[Row]:
+def classify(loaded: Loaded, paths: Sequence[Path], texts: list[str], cfg: DictConfig) -> list[Row]:
     import torch
 
     from mmtrain.inference import encode_texts, image_batches
@@ -91,7 +94,7 @@ def classify(loaded: Any, paths: Sequence[Path], texts: list[str], cfg: DictConf
     return [row for pair in pairs for row in rows[pair]]
 
 
-def zero_shot(loaded: Any, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
+def zero_shot(loaded: Loaded, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
     from mmtrain.inference import embed_texts, image_batches, image_embedding
 
     labels = [str(label) for label in cfg.labels]
@@ -115,7 +118,7 @@ def zero_shot(loaded: Any, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
     return rows
 
 
-def similarity(loaded: Any, paths: Sequence[Path], texts: list[str], cfg: DictConfig) -> list[Row]:
+def similarity(loaded: Loaded, paths: Sequence[Path], texts: list[str], cfg: DictConfig) -> list[Row]:
     from mmtrain.inference import embed_texts, image_batches, image_embedding
 
     text_emb, cut = embed_texts(loaded, texts, cfg.batch_size, cfg.truncate)
@@ -129,7 +132,7 @@ def similarity(loaded: Any, paths: Sequence[Path], texts: list[str], cfg: DictCo
     return rows
 
 
-def caption(loaded: Any, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
+def caption(loaded: Loaded, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
     import torch
 
     from mmtrain.inference import image_batches

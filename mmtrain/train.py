@@ -212,6 +212,7 @@ def _monitor_mode(stage: str, stage_cfg: Any, task: Any, monitor: str) -> str:
 def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
     """Instantiate each stage's task once and attach its heads, in stage order."""
     from mmtrain.engine.trainer import Stage
+    from mmtrain.tasks import check_task
 
     stages, by_name = [], {}
     for name, stage_cfg in cfg.stages.items():
@@ -219,7 +220,7 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
         # It names a module and the task's artifact files: a '/' or '..' would write elsewhere.
         if head is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", str(head)):
             raise ConfigError(f"stages.{name}.task.name={head!r}: use letters, digits, _ and -")
-        task = instantiate(stage_cfg.task, _convert_="all")
+        task = check_task(instantiate(stage_cfg.task, _convert_="all"), f"stages.{name}.task")
         if task.name in by_name:
             earlier_cfg, earlier_task = by_name[task.name]
             if earlier_cfg != stage_cfg.task:
@@ -386,11 +387,12 @@ def _test_and_summarize(cfg: DictConfig, run_dir: Path, trainer: Any, stages: li
         loader = make_loader(data.test, trainer.eval_batch_size, train=False,
                              num_workers=cfg.trainer.num_workers, device=device)
         with distributed.local_only():  # rank 0 alone: a task's collectives must not wait on others
-            summary["test"] = evaluate(model, final.task, loader, device, trainer.precision,
-                                       limit=cfg.trainer.limit_eval_batches)
+            test = evaluate(model, final.task, loader, device, trainer.precision,
+                            limit=cfg.trainer.limit_eval_batches)
+        summary["test"] = test.metrics
         summary["test_checkpoint"] = str(best_path)
-        if hasattr(final.task, "write_artifacts"):
-            summary["artifacts"] = [str(p) for p in final.task.write_artifacts(run_dir / "artifacts")]
+        if test.artifacts:
+            summary["artifacts"] = [str(p) for p in test.write_artifacts(run_dir / "artifacts")]
     write_json(run_dir / "metrics.json", summary)
     log.info(epoch_log.run_end(summary, time.perf_counter() - trainer.started))
     print_summary(summary)

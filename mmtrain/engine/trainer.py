@@ -32,7 +32,6 @@ from mmtrain.data.loader import make_loader, to_device
 from mmtrain.engine import distributed as dist
 from mmtrain.engine.checkpoint import FORMAT_VERSION, CheckpointSaver, remove_partial_writes
 from mmtrain.engine import epoch_log
-from mmtrain.engine.contrastive_cache import cached_contrastive_backward, supports_cache
 from mmtrain.engine.logger import MetricLogger
 from mmtrain.engine.precision import autocast, enable_tf32, grad_scaler, resolve_precision
 from mmtrain.engine.preemption import Preempted, StopSignal, resume_command
@@ -40,6 +39,7 @@ from mmtrain.engine.state import Best, StageState, TrainState
 from mmtrain.engine.throughput import ThroughputMeter, peak_flops
 from mmtrain.errors import CheckpointError, ConfigError, MmtrainError
 from mmtrain.models.model import MultimodalModel, StageModule, blank_modalities, set_frozen
+from mmtrain.tasks import Batch, Evaluation, Task
 
 log = logging.getLogger("mmtrain")
 
@@ -47,7 +47,7 @@ log = logging.getLogger("mmtrain")
 @dataclass
 class Stage:
     name: str
-    task: Any
+    task: Task
     epochs: int
     freeze: list[str]
     lr: float | None
@@ -60,12 +60,12 @@ class Stage:
     layer_decay: float | None = None
 
 
-def evaluate(model: MultimodalModel, task: Any, loader: Iterable, device: torch.device,
-             precision: str, blank: Iterable[str] = (), limit: int | None = None) -> dict[str, float]:
+def evaluate(model: MultimodalModel, task: Task, loader: Iterable, device: torch.device,
+             precision: str, blank: Iterable[str] = (), limit: int | None = None) -> Evaluation:
     """Run `task`'s metrics over a whole loader (optionally with modalities blanked)."""
     blank = tuple(blank)
 
-    def batches() -> Iterator[dict[str, torch.Tensor]]:
+    def batches() -> Iterator[Batch]:
         for i, batch in enumerate(loader):
             if limit is not None and i >= limit:
                 break
@@ -75,9 +75,9 @@ def evaluate(model: MultimodalModel, task: Any, loader: Iterable, device: torch.
     was_training = model.training
     model.eval()
     with torch.no_grad(), autocast(device, precision):
-        metrics = task.evaluate(model, batches())
+        evaluation = task.evaluate(model, batches())
     model.train(was_training)
-    return metrics
+    return evaluation
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class TrainerSettings:
     limit_train_batches: int | None
     limit_eval_batches: int | None
     contrastive_cache: bool
-    """Accumulate contrastive tasks through the gradient cache (contrastive_cache.py)."""
+    """Accumulate contrastive tasks through the gradient cache (the task's `cached_backward`)."""
     compile_backend: str | None
     """torch.compile's backend; None: not compiled."""
     channels_last: bool
@@ -298,10 +298,10 @@ class Trainer:
         """The module the step loop calls: compiled if asked, then wrapped in DDP.
 
         Returns (module, cached): with contrastive_accumulation=cache the loop calls the
-        task's `embed` on the plain model instead (see contrastive_cache.py).
+        task's `cached_backward` on the plain model instead.
         """
         cached = (self.settings.contrastive_cache and self.settings.accumulate_grad_batches > 1
-                  and supports_cache(stage.task))
+                  and stage.task.supports_gradient_cache)
         module: torch.nn.Module = StageModule(self.model, stage.task)
         if cached:
             return module, True
@@ -336,7 +336,7 @@ class Trainer:
         if self.is_main:
             with dist.local_only():
                 metrics = evaluate(self.model, stage.task, self.val_loader, self.device, self.precision,
-                                   limit=self.settings.limit_eval_batches)
+                                   limit=self.settings.limit_eval_batches).metrics
         return dist.broadcast_object(metrics)
 
     # ------------------------------------------------------------------ steps
@@ -367,7 +367,7 @@ class Trainer:
             try:
                 if cached:
                     micro_batches = [self._next_batch(batches) for _ in range(accumulate)]
-                    out = cached_contrastive_backward(self.model, stage.task, micro_batches, amp, scaler.scale)
+                    out = stage.task.cached_backward(self.model, micro_batches, amp, scaler.scale)
                 else:
                     out = {}
                     for i in range(accumulate):
