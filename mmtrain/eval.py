@@ -141,13 +141,17 @@ def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto"
                         data_overrides: dict | None = None, ablate: bool = False,
                         limit_eval_batches: int | None = None,
                         artifacts_dir: Path | None = None, allow_targets: Sequence[str] = (),
-                        trust_config: bool = False) -> dict[str, Any]:
+                        trust_config: bool = False, zero_shot: bool = False,
+                        zero_shot_label: str | None = None,
+                        templates: Sequence[str] | None = None) -> dict[str, Any]:
     """Rebuild data and model from the checkpoint alone and run its stage's task metrics
-    (and write the task's artifacts, e.g. a confusion matrix, to `artifacts_dir`)."""
+    (and write the task's artifacts, e.g. a confusion matrix, to `artifacts_dir`); with
+    `zero_shot`, a contrastive checkpoint's zero-shot accuracy too (mmtrain.zero_shot)."""
     built = rebuild(path, data_overrides=data_overrides, allow=allow_targets, trust=trust_config)
     return evaluate_rebuilt(built, path, split, device=device, precision=precision,
                             batch_size=batch_size, num_workers=num_workers, ablate=ablate,
-                            limit_eval_batches=limit_eval_batches, artifacts_dir=artifacts_dir)
+                            limit_eval_batches=limit_eval_batches, artifacts_dir=artifacts_dir,
+                            zero_shot=zero_shot, zero_shot_label=zero_shot_label, templates=templates)
 
 
 def evaluate_rebuilt(built: Rebuilt, path: Path, split: str = "test", *, device: str = "auto",
