@@ -204,3 +204,33 @@ def test_a_missing_weights_file_or_unknown_model_is_one_line_and_exit_2(tmp_path
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     assert needle in lines[0]
+
+
+def test_weights_of_another_architecture_are_one_clear_error(tiny_clip, tmp_path):
+    from mmtrain.errors import CheckpointError
+    from mmtrain.models.image_encoder import OpenCLIPImageEncoder
+
+    _, trained = tiny_clip
+    wider = {**OPEN_CLIP_TINY, "vision_cfg": {**OPEN_CLIP_TINY["vision_cfg"], "width": 64}}
+    other = tmp_path / "configs" / "mmtrain-wider-clip.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps(wider))
+    open_clip.add_model_config(other)
+    with pytest.raises(CheckpointError) as error:
+        OpenCLIPImageEncoder("mmtrain-wider-clip", image_size=24, pretrained=str(trained))
+    message = str(error.value)
+    assert "cannot load open_clip model mmtrain-wider-clip" in message and "\n" not in message
+    with pytest.raises(Exception, match="neither a file nor a pretrained tag of mmtrain-wider-clip"):
+        OpenCLIPImageEncoder("mmtrain-wider-clip", image_size=24, pretrained="laion9b_no_such_tag")
+
+
+def test_zero_shot_works_on_our_own_contrastive_checkpoints_and_refuses_a_classifier(tmp_path):
+    from mmtrain.errors import CheckpointError
+
+    run = tmp_path / "ours"
+    train(compose_train(TINY), run)  # the default recipe: contrastive pretraining, then a classifier
+    result = evaluate_checkpoint(run / "checkpoints/pretrain/best.pt", "test", zero_shot=True)
+    assert 0.0 <= result["metrics"]["zero_shot_top1"] <= 1.0
+    assert "zero_shot_top5" not in result["metrics"]  # three shapes: a top-5 would always be 1
+    with pytest.raises(CheckpointError, match="zero-shot classification needs a contrastive one"):
+        evaluate_checkpoint(run / "checkpoints/finetune/best.pt", "test", zero_shot=True)
