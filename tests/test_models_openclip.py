@@ -234,3 +234,20 @@ def test_zero_shot_works_on_our_own_contrastive_checkpoints_and_refuses_a_classi
     assert "zero_shot_top5" not in result["metrics"]  # three shapes: a top-5 would always be 1
     with pytest.raises(CheckpointError, match="zero-shot classification needs a contrastive one"):
         evaluate_checkpoint(run / "checkpoints/finetune/best.pt", "test", zero_shot=True)
+
+
+def test_a_run_resumes_exactly(tiny_clip, tmp_path):
+    from tests.trainer_utils import assert_same_weights
+
+    folder, _ = tiny_clip
+    save_all = ["trainer.deterministic=true", "trainer.checkpoint.every_n_steps=1",
+                "trainer.checkpoint.keep_last=99", "stages.pretrain.epochs=2"]
+    reference_run = tmp_path / "reference"
+    train(open_clip_config(f"local-dir:{folder}", *save_all), reference_run)
+    stage = reference_run / "checkpoints" / "pretrain"
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints" / "pretrain").mkdir(parents=True)
+    shutil.copy(stage / "step-0000005.pt", resumed / "checkpoints" / "pretrain" / "last.pt")
+    train(open_clip_config(f"local-dir:{folder}", *save_all, "trainer.resume=true"), resumed)
+    assert_same_weights(load_checkpoint(resumed / "checkpoints" / "pretrain" / "last.pt")["model"],
+                        load_checkpoint(stage / "last.pt")["model"])

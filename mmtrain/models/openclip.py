@@ -6,8 +6,9 @@ model configs, pretrained tags through the Hugging Face hub cache with HF_HUB_OF
 honoured, `hf-hub:` and `local-dir:` names, local weight files) and keeps its half. The
 text side is built as open_clip's `CustomTextCLIP` (`force_custom_text`), whose text tower
 is one module; open_clip converts a plain CLIP checkpoint to it when loading.
-A checkpoint stores the model's open_clip config (`open_clip_config`), which rebuilds the
-architecture with no name lookup, no folder and no download.
+A checkpoint stores the model's open_clip config (what `load` returns, kept by the towers'
+`architecture()`), which rebuilds the architecture with no name lookup, no folder and no
+download.
 """
 
 from __future__ import annotations
@@ -152,10 +153,10 @@ def tokenizer(name: str, max_length: int, what: str) -> TextTokenizer:
         merges = sorted(found.bpe_ranks, key=found.bpe_ranks.get)
         sot, eot = (found.decoder[i] for i in (found.sot_token_id, found.eot_token_id))
         return clip_bpe_tokenizer(dict(found.encoder), merges, sot, eot, max_length)
-    if isinstance(found, HFTokenizer):
+    if isinstance(found, HFTokenizer) and not found.strip_sep_token and not found.tokenizer_mode:
         return hf_tokenizer(found.tokenizer, max_length, name, what)
-    raise ConfigError(f"{what}.name={name} uses open_clip's {type(found).__name__}, which mmtrain "
-                      f"cannot turn into a fast tokenizer (supported: CLIP's BPE, Hugging Face ones)")
+    raise ConfigError(f"{what}.name={name} uses open_clip's {type(found).__name__} in a form mmtrain "
+                      f"cannot turn into a fast tokenizer (supported: CLIP's BPE, a plain Hugging Face one)")
 
 
 def project_tokens(tokens: torch.Tensor, projection: Any, width: int) -> Optional[torch.Tensor]:
