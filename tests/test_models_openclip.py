@@ -251,3 +251,17 @@ def test_a_run_resumes_exactly(tiny_clip, tmp_path):
     train(open_clip_config(f"local-dir:{folder}", *save_all, "trainer.resume=true"), resumed)
     assert_same_weights(load_checkpoint(resumed / "checkpoints" / "pretrain" / "last.pt")["model"],
                         load_checkpoint(stage / "last.pt")["model"])
+
+
+def test_layer_decay_numbers_the_residual_blocks_of_both_towers(tiny_clip):
+    from mmtrain.engine.optimizer import layer_scales
+
+    folder, _ = tiny_clip
+    _, model, _ = built(open_clip_config(f"local-dir:{folder}"))
+    scales = layer_scales(model, 0.5)  # two blocks: embeddings at depth 0, blocks 1-2, the top 2
+    for tower in ("image_encoder.visual", "text_encoder.text"):
+        assert scales[f"{tower}.transformer.resblocks.0.attn.in_proj_weight"] == 0.5
+        assert scales[f"{tower}.transformer.resblocks.1.mlp.c_fc.weight"] == 1.0
+    assert scales["image_encoder.visual.conv1.weight"] == 0.25
+    assert scales["text_encoder.text.token_embedding.weight"] == 0.25
+    assert scales["image_encoder.visual.proj"] == scales["text_encoder.text.ln_final.weight"] == 1.0

@@ -111,7 +111,10 @@ def _create(name: str, weights: Optional[str], config: dict[str, Any], image_siz
     root.setLevel(max(level, logging.ERROR))
     try:
         # On the default device: `build_for_weights` first builds a shell on the meta device.
+        # No tower's own base weights (a timm or HF tower's hub weights): the CLIP weights, or
+        # the checkpoint's, or none at all when asked for none.
         return open_clip.create_model(name, pretrained=weights, force_custom_text=True,
+                                      pretrained_image=False, pretrained_text=False,
                                       device=torch.get_default_device(),
                                       force_image_size=image_size if image_size != native else None)
     except Exception as e:  # a mismatched or unreadable file, an offline hub without a cache
