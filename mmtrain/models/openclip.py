@@ -13,13 +13,14 @@ download.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -28,6 +29,20 @@ from mmtrain.data.tokenizer import TextTokenizer, clip_bpe_tokenizer, hf_tokeniz
 from mmtrain.errors import CheckpointError, ConfigError
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """open_clip logs through the root logger at INFO ("Loading ...", "Using default
+    SimpleTokenizer", "No pretrained weights loaded" when a checkpoint brings them); what
+    matters reaches us as an exception, which becomes our one line."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _schema(name: str) -> str:
@@ -57,7 +72,8 @@ def model_config(name: str, what: str) -> dict[str, Any]:
                                              / "open_clip_config.json").is_file():
         raise ConfigError(f"{what}.name={name}: no open_clip_config.json in that folder")
     try:
-        config = open_clip.get_model_config(name)
+        with _quiet():
+            config = open_clip.get_model_config(name)
     except Exception as e:  # the hub offline without a cached copy, a malformed file, ...
         raise ConfigError(f"{what}.name={name}: cannot read its open_clip config ({_first_line(e)})") from None
     if config is None:
@@ -104,24 +120,18 @@ def _create(name: str, weights: Optional[str], config: dict[str, Any], image_siz
 
     native = config["vision_cfg"].get("image_size", 224)
     native = native if isinstance(native, int) else native[-1]
-    root = logging.getLogger()
-    level = root.level
-    # open_clip logs through the root logger ("Loading ...", "No pretrained weights loaded"
-    # when the checkpoint brings them); its errors reach us as exceptions.
-    root.setLevel(max(level, logging.ERROR))
     try:
         # On the default device: `build_for_weights` first builds a shell on the meta device.
         # No tower's own base weights (a timm or HF tower's hub weights): the CLIP weights, or
         # the checkpoint's, or none at all when asked for none.
-        return open_clip.create_model(name, pretrained=weights, force_custom_text=True,
-                                      pretrained_image=False, pretrained_text=False,
-                                      device=torch.get_default_device(),
-                                      force_image_size=image_size if image_size != native else None)
+        with _quiet():
+            return open_clip.create_model(name, pretrained=weights, force_custom_text=True,
+                                          pretrained_image=False, pretrained_text=False,
+                                          device=torch.get_default_device(),
+                                          force_image_size=image_size if image_size != native else None)
     except Exception as e:  # a mismatched or unreadable file, an offline hub without a cache
         raise CheckpointError(f"{what}: cannot load open_clip model {name}"
                               f"{f' with {weights}' if weights else ''} ({_first_line(e)})") from None
-    finally:
-        root.setLevel(level)
 
 
 def native_image_size(name: str, what: str) -> int:
@@ -149,7 +159,8 @@ def tokenizer(name: str, max_length: int, what: str) -> TextTokenizer:
         raise ConfigError(f"data.tokenizer_options.max_length={max_length} is longer than {name}'s "
                           f"context ({context} tokens): lower it")
     try:
-        found = open_clip.get_tokenizer(name)
+        with _quiet():
+            found = open_clip.get_tokenizer(name)
     except Exception as e:
         raise ConfigError(f"{what}.name={name}: cannot load its tokenizer ({_first_line(e)})") from None
     if type(found) is SimpleTokenizer:
