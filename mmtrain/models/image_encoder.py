@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.models import EncoderOutput
+from mmtrain.models import EncoderOutput, openclip
 
 log = logging.getLogger("mmtrain")
 
@@ -310,8 +310,6 @@ class OpenCLIPImageEncoder(nn.Module):
                  pretrained: Union[bool, str, None] = None, grad_checkpointing: bool = False,
                  model_config: Optional[str] = None) -> None:
         super().__init__()
-        from mmtrain.models import openclip
-
         model, self.model_config = openclip.load(name, pretrained, model_config, image_size,
                                                   "model.image_encoder")
         self.visual = model.visual
@@ -331,8 +329,6 @@ class OpenCLIPImageEncoder(nn.Module):
     @staticmethod
     def data_config(name: str, pretrained: Union[bool, str, None] = None, **_: Any) -> dict[str, Any]:
         """The model's input size, for the data to follow, when weights are loaded."""
-        from mmtrain.models import openclip
-
         loaded = name.startswith(("hf-hub:", "local-dir:")) or \
             openclip.weights_path(pretrained, "model.image_encoder") is not None
         return {"image_size": openclip.native_image_size(name, "model.image_encoder")} if loaded else {}
@@ -343,13 +339,9 @@ class OpenCLIPImageEncoder(nn.Module):
 
     def layer_ids(self) -> dict[str, int]:
         """Parameter name -> depth for layer-wise lr decay (openclip.resblock_ids)."""
-        from mmtrain.models import openclip
-
         return openclip.resblock_ids(self.named_parameters())
 
     def forward(self, images: torch.Tensor) -> EncoderOutput:
-        from mmtrain.models import openclip
-
         if self.in_channels == 1:
             images = images.expand(-1, 3, -1, -1)
         out = self.visual(images)

@@ -89,8 +89,8 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def load(name: str, pretrained: Union[bool, str, None], stored: Optional[str], image_size: int,
-         what: str) -> tuple[nn.Module, str]:
+def load(name: str, pretrained: Union[bool, str, None], stored: Optional[str],
+         image_size: Optional[int], what: str) -> tuple[nn.Module, str]:
     """The open_clip model (CustomTextCLIP) for a tower and its config as JSON (architecture and
     preprocessing: what a checkpoint stores). From the checkpoint's `stored` config with random
     weights (the checkpoint brings its own), else from `name` with its weights (`pretrained`:
@@ -114,12 +114,11 @@ def load(name: str, pretrained: Union[bool, str, None], stored: Optional[str], i
     return model, json.dumps({"model_cfg": config, "preprocess_cfg": preprocess})
 
 
-def _create(name: str, weights: Optional[str], config: dict[str, Any], image_size: int,
+def _create(name: str, weights: Optional[str], config: dict[str, Any], image_size: Optional[int],
             what: str) -> nn.Module:
     import open_clip
 
-    native = config["vision_cfg"].get("image_size", 224)
-    native = native if isinstance(native, int) else native[-1]
+    resize = image_size is not None and image_size != _native_size(config)
     try:
         # On the default device: `build_for_weights` first builds a shell on the meta device.
         # No tower's own base weights (a timm or HF tower's hub weights): the CLIP weights, or
@@ -128,7 +127,7 @@ def _create(name: str, weights: Optional[str], config: dict[str, Any], image_siz
             return open_clip.create_model(name, pretrained=weights, force_custom_text=True,
                                           pretrained_image=False, pretrained_text=False,
                                           device=torch.get_default_device(),
-                                          force_image_size=image_size if image_size != native else None)
+                                          force_image_size=image_size if resize else None)
     except Exception as e:  # a mismatched or unreadable file, an offline hub without a cache
         raise CheckpointError(f"{what}: cannot load open_clip model {name}"
                               f"{f' with {weights}' if weights else ''} ({_first_line(e)})") from None
@@ -136,7 +135,11 @@ def _create(name: str, weights: Optional[str], config: dict[str, Any], image_siz
 
 def native_image_size(name: str, what: str) -> int:
     """The input size the model's config says it was trained at."""
-    size = model_config(name, what)["vision_cfg"].get("image_size", 224)
+    return _native_size(model_config(name, what))
+
+
+def _native_size(config: dict[str, Any]) -> int:
+    size = config["vision_cfg"].get("image_size", 224)
     return int(size if isinstance(size, int) else size[-1])
 
 

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmtrain.data.tokenizer import TextTokenizer, pretrained_tokenizer
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.models import EncoderOutput
+from mmtrain.models import EncoderOutput, openclip
 
 
 def _padding_mask(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -304,13 +304,8 @@ class OpenCLIPTextEncoder(nn.Module):
                  pretrained: Any = None, grad_checkpointing: bool = False,
                  model_config: Optional[str] = None) -> None:
         super().__init__()
-        from mmtrain.models import openclip
-
-        # Fixed by the model: the data's image size does not change the text tower.
-        image_size = json.loads(model_config)["model_cfg"]["vision_cfg"].get("image_size", 224) \
-            if model_config else openclip.native_image_size(name, "model.text_encoder")
-        image_size = image_size if isinstance(image_size, int) else image_size[-1]
-        model, self.model_config = openclip.load(name, pretrained, model_config, image_size,
+        # At the model's own image size: the data's does not change the text tower.
+        model, self.model_config = openclip.load(name, pretrained, model_config, None,
                                                   "model.text_encoder")
         self.name = name
         self.text = model.text
@@ -328,8 +323,6 @@ class OpenCLIPTextEncoder(nn.Module):
     @staticmethod
     def load_tokenizer(name: str, max_length: int, **_: Any) -> TextTokenizer:
         """open_clip's tokenizer for the model: the data pipeline tokenizes with it."""
-        from mmtrain.models import openclip
-
         return openclip.tokenizer(name, max_length, "model.text_encoder")
 
     def architecture(self) -> dict[str, Any]:
@@ -338,13 +331,9 @@ class OpenCLIPTextEncoder(nn.Module):
 
     def layer_ids(self) -> dict[str, int]:
         """Parameter name -> depth for layer-wise lr decay (as OpenCLIPImageEncoder's)."""
-        from mmtrain.models import openclip
-
         return openclip.resblock_ids(self.named_parameters())
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        from mmtrain.models import openclip
-
         steps = ids.shape[1]
         if steps > self.context_length:
             raise ConfigError(f"text of {steps} tokens is longer than {self.name} accepts "
