@@ -265,3 +265,34 @@ def test_layer_decay_numbers_the_residual_blocks_of_both_towers(tiny_clip):
     assert scales["image_encoder.visual.conv1.weight"] == 0.25
     assert scales["text_encoder.text.token_embedding.weight"] == 0.25
     assert scales["image_encoder.visual.proj"] == scales["text_encoder.text.ln_final.weight"] == 1.0
+
+
+def test_zero_shot_of_a_fine_tuned_model_equals_open_clips_on_the_same_weights(tiny_clip, tmp_path):
+    from mmtrain.data.synthetic import SHAPES
+    from mmtrain.eval import rebuild
+
+    folder, _ = tiny_clip
+    run = tmp_path / "tuned"
+    train(open_clip_config(f"local-dir:{folder}", "stages.pretrain.epochs=3", "optimizer.lr=2e-3"), run)
+    best = run / "checkpoints/pretrain/best.pt"
+    result = evaluate_checkpoint(best, "test", zero_shot=True)["metrics"]
+    # The fine-tuned towers are open_clip's own modules: their weights load into open_clip as they are.
+    state = load_checkpoint(best)["model"]
+    tuned = open_clip.create_model(f"local-dir:{folder}", force_custom_text=True).eval()
+    mapped = {k.replace("image_encoder.visual.", "visual.").replace("text_encoder.text.", "text.")
+              .replace("heads.contrastive.logit_scale", "logit_scale"): v for k, v in state.items()
+              if not k.startswith("fusion.")}  # the fusion: mmtrain's, unused by a contrastive model
+    tuned.load_state_dict(mapped)
+    test = rebuild(best).data.test
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    labels = torch.stack([test[i]["label"] for i in range(len(test))])
+    templates = ["a {}.", "a {} shape.", "a drawing of a {}.", "a photo of a {}."]
+    tokenize = open_clip.get_tokenizer(f"local-dir:{folder}")
+    mean = torch.tensor(OPEN_CLIP_PREPROCESS["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(OPEN_CLIP_PREPROCESS["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        classes = F.normalize(torch.stack([tuned.encode_text(tokenize([t.format(s) for t in templates]),
+                                                             normalize=True).mean(0) for s in SHAPES]), dim=-1)
+        features = tuned.encode_image((images / 255.0 - mean) / std, normalize=True)
+    expected = float(((features @ classes.t()).argmax(-1) == labels).float().mean())
+    assert result["zero_shot_top1"] == pytest.approx(expected, abs=1e-9)
