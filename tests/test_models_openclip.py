@@ -283,10 +283,11 @@ def test_zero_shot_of_a_fine_tuned_model_equals_open_clips_on_the_same_weights(t
               .replace("heads.contrastive.logit_scale", "logit_scale"): v for k, v in state.items()
               if not k.startswith("fusion.")}  # the fusion: mmtrain's, unused by a contrastive model
     tuned.load_state_dict(mapped)
-    test = rebuild(best).data.test
-    images = torch.stack([test[i]["image"] for i in range(len(test))])
-    labels = torch.stack([test[i]["label"] for i in range(len(test))])
-    templates = ["a {}.", "a {} shape.", "a drawing of a {}.", "a photo of a {}."]
+    data = rebuild(best).data
+    images = torch.stack([data.test[i]["image"] for i in range(len(data.test))])
+    labels = torch.stack([data.test[i]["label"] for i in range(len(data.test))])
+    templates = data.info.prompt_templates["label"]
+    assert len(templates) > 1  # the average over prompts is part of what is compared
     tokenize = open_clip.get_tokenizer(f"local-dir:{folder}")
     mean = torch.tensor(OPEN_CLIP_PREPROCESS["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(OPEN_CLIP_PREPROCESS["std"]).view(1, 3, 1, 1)
