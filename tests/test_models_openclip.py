@@ -55,16 +55,26 @@ def open_clip_config(name: str, *extra: str, pretrained: str | None = None):
 
 
 def built(cfg):
-    """Data, model and the contrastive task of a composed config, built as training builds them."""
+    """Data (at the model's 24 px), model and the contrastive task of a composed config."""
     from mmtrain import data as data_lib
     from mmtrain.models.model import build_model, model_tokenizer
-    from mmtrain.train import build_tasks, follow_pretrained_input_size
+    from mmtrain.tasks.contrastive import ContrastiveTask
 
-    follow_pretrained_input_size(cfg)
+    cfg.data.image_size = OPEN_CLIP_TINY["vision_cfg"]["image_size"]
     data = data_lib.build(cfg.data, tokenizer=model_tokenizer(cfg.model, cfg.data))
     model = build_model(cfg.model, data.info).eval()
-    task = build_tasks(cfg, model, data.info)[0].task
+    task = ContrastiveTask()
+    task.attach(model, data.info)
     return data, model, task
+
+
+def checkpoint_data(best: Path):
+    """The test split of the data a checkpoint was trained on (images and labels only)."""
+    from omegaconf import OmegaConf
+
+    from mmtrain import data as data_lib
+
+    return data_lib.build(OmegaConf.create(load_checkpoint(best)["config"]["data"]))
 
 
 @pytest.mark.parametrize("form", ["local-dir", "pretrained-file"])
@@ -105,14 +115,17 @@ def test_the_data_is_tokenized_with_open_clips_tokenizer(tiny_clip):
     assert ours.decode(ids[0, : lengths[0]].tolist()) == "a photo of a cat ."
 
 
-def test_preprocessing_and_input_size_follow_the_model_config(tiny_clip):
+def test_preprocessing_and_input_size_follow_the_model_config(tiny_clip, tmp_path):
     folder, _ = tiny_clip
-    cfg = open_clip_config(f"local-dir:{folder}")
+    cfg = open_clip_config(f"local-dir:{folder}", "stages.pretrain.epochs=0")
     assert cfg.data.image_size == 32
-    data, model, _ = built(cfg)
-    assert data.info.image_size == 24  # the model's input size, not the data config's 32
+    train(cfg, tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints/pretrain/best.pt")
+    assert ckpt["config"]["data"]["image_size"] == 24  # the model's input size, not the data's 32
+    _, model, _ = built(cfg)
     assert model.image_mean.flatten().tolist() == pytest.approx(OPEN_CLIP_PREPROCESS["mean"])
     assert model.image_std.flatten().tolist() == pytest.approx(OPEN_CLIP_PREPROCESS["std"])
+    assert model.image_mean.flatten().tolist() != pytest.approx(ckpt["data_info"]["image_mean"])
 
 
 @pytest.mark.slow
@@ -171,7 +184,6 @@ def hand_zero_shot(folder: Path, images: torch.Tensor, labels: torch.Tensor, nam
 
 def test_zero_shot_accuracy_equals_open_clips_own_computation(tiny_clip, tmp_path):
     from mmtrain.data.mnist_imdb import DIGIT_PROMPTS
-    from mmtrain.eval import rebuild
 
     folder, _ = tiny_clip
     root = mnist_imdb_fixture(tmp_path / "mnist_imdb", n_train=60, n_test=40, n_reviews=10)
@@ -181,7 +193,7 @@ def test_zero_shot_accuracy_equals_open_clips_own_computation(tiny_clip, tmp_pat
     best = run / "checkpoints/pretrain/best.pt"
     result = evaluate_checkpoint(best, "test", zero_shot=True)
 
-    test = rebuild(best).data.test
+    test = checkpoint_data(best).test
     images = torch.stack([test[i]["image"] for i in range(len(test))])
     digits = torch.stack([test[i]["digit"] for i in range(len(test))])
     assert images.shape[1:] == (1, 28, 28) and len(set(digits.tolist())) > 5
@@ -269,7 +281,6 @@ def test_layer_decay_numbers_the_residual_blocks_of_both_towers(tiny_clip):
 
 def test_zero_shot_of_a_fine_tuned_model_equals_open_clips_on_the_same_weights(tiny_clip, tmp_path):
     from mmtrain.data.synthetic import SHAPES
-    from mmtrain.eval import rebuild
 
     folder, _ = tiny_clip
     run = tmp_path / "tuned"
@@ -283,7 +294,7 @@ def test_zero_shot_of_a_fine_tuned_model_equals_open_clips_on_the_same_weights(t
               .replace("heads.contrastive.logit_scale", "logit_scale"): v for k, v in state.items()
               if not k.startswith("fusion.")}  # the fusion: mmtrain's, unused by a contrastive model
     tuned.load_state_dict(mapped)
-    data = rebuild(best).data
+    data = checkpoint_data(best)
     images = torch.stack([data.test[i]["image"] for i in range(len(data.test))])
     labels = torch.stack([data.test[i]["label"] for i in range(len(data.test))])
     templates = data.info.prompt_templates["label"]
