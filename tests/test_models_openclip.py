@@ -308,3 +308,19 @@ def test_zero_shot_of_a_fine_tuned_model_equals_open_clips_on_the_same_weights(t
         features = tuned.encode_image((images / 255.0 - mean) / std, normalize=True)
     expected = float(((features @ classes.t()).argmax(-1) == labels).float().mean())
     assert result["zero_shot_top1"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_an_uncached_pretrained_tag_offline_is_one_line_saying_what_to_do(monkeypatch, tmp_path):
+    from mmtrain.errors import CheckpointError
+    from mmtrain.models.image_encoder import OpenCLIPImageEncoder
+
+    import huggingface_hub
+
+    # huggingface_hub reads its environment at import: set what it read.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(CheckpointError) as error:
+        OpenCLIPImageEncoder("ViT-B-32", image_size=224, pretrained="laion2b_s34b_b79k")
+    message = str(error.value)
+    assert "cannot load open_clip model ViT-B-32 with laion2b_s34b_b79k" in message and "\n" not in message
+    assert "pretrained=PATH" in message and error.value.__context__ is None

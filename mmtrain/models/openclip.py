@@ -33,12 +33,12 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """open_clip logs through the root logger at INFO ("Loading ...", "Using default
-    SimpleTokenizer", "No pretrained weights loaded" when a checkpoint brings them); what
-    matters reaches us as an exception, which becomes our one line."""
+    """open_clip logs through the root logger ("Loading ...", "Using default SimpleTokenizer",
+    "No pretrained weights loaded" when a checkpoint brings them, "Failed to download" before
+    raising): what matters reaches us as an exception, which becomes our one line."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.ERROR))
+    root.setLevel(max(level, logging.CRITICAL))
     try:
         yield
     finally:
@@ -71,11 +71,14 @@ def model_config(name: str, what: str) -> dict[str, Any]:
     if _schema(name) == "local-dir" and not (Path(name.split(":", 1)[1]).expanduser()
                                              / "open_clip_config.json").is_file():
         raise ConfigError(f"{what}.name={name}: no open_clip_config.json in that folder")
+    problem = ""
     try:
         with _quiet():
             config = open_clip.get_model_config(name)
     except Exception as e:  # the hub offline without a cached copy, a malformed file, ...
-        raise ConfigError(f"{what}.name={name}: cannot read its open_clip config ({_first_line(e)})") from None
+        problem = _first_line(e)
+    if problem:  # raised here: our line, not the library's trace, is the message's context
+        raise ConfigError(f"{what}.name={name}: cannot read its open_clip config ({problem})")
     if config is None:
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
         hint = f" (close: {', '.join(close)})" if close else ""
@@ -86,7 +89,7 @@ def model_config(name: str, what: str) -> dict[str, Any]:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def load(name: str, pretrained: Union[bool, str, None], stored: Optional[str],
@@ -129,8 +132,11 @@ def _create(name: str, weights: Optional[str], config: dict[str, Any], image_siz
                                           device=torch.get_default_device(),
                                           force_image_size=image_size if resize else None)
     except Exception as e:  # a mismatched or unreadable file, an offline hub without a cache
-        raise CheckpointError(f"{what}: cannot load open_clip model {name}"
-                              f"{f' with {weights}' if weights else ''} ({_first_line(e)})") from None
+        problem = _first_line(e)
+    hint = ("; the tag's weights come through the Hugging Face hub cache: fetch them once with "
+            "network access, or pass pretrained=PATH to a local file" if "download" in problem.lower() else "")
+    raise CheckpointError(f"{what}: cannot load open_clip model {name}"
+                          f"{f' with {weights}' if weights else ''} ({problem}){hint}")
 
 
 def native_image_size(name: str, what: str) -> int:
@@ -161,11 +167,14 @@ def tokenizer(name: str, max_length: int, what: str) -> TextTokenizer:
     if max_length > context:
         raise ConfigError(f"data.tokenizer_options.max_length={max_length} is longer than {name}'s "
                           f"context ({context} tokens): lower it")
+    problem = ""
     try:
         with _quiet():
             found = open_clip.get_tokenizer(name)
     except Exception as e:
-        raise ConfigError(f"{what}.name={name}: cannot load its tokenizer ({_first_line(e)})") from None
+        problem = _first_line(e)
+    if problem:
+        raise ConfigError(f"{what}.name={name}: cannot load its tokenizer ({problem})")
     if type(found) is SimpleTokenizer:
         merges = sorted(found.bpe_ranks, key=found.bpe_ranks.get)
         sot, eot = (found.decoder[i] for i in (found.sot_token_id, found.eot_token_id))
