@@ -49,6 +49,13 @@ def _schema(name: str) -> str:
     return name.split(":", 1)[0] if name.startswith(("hf-hub:", "local-dir:")) else ""
 
 
+def _local(name: str) -> str:
+    """A local-dir: name with its folder made absolute (`~` expanded, which open_clip does not)."""
+    if _schema(name) != "local-dir":
+        return name
+    return f"local-dir:{Path(name.split(':', 1)[1]).expanduser().resolve()}"
+
+
 def weights_path(pretrained: Union[bool, str, None], what: str) -> Optional[str]:
     """A pretrained tag or file as open_clip takes it; a path that does not exist is refused
     here rather than looked up as a tag."""
@@ -68,13 +75,13 @@ def model_config(name: str, what: str) -> dict[str, Any]:
     """open_clip's architecture config for `name` ({embed_dim, vision_cfg, text_cfg, ...})."""
     import open_clip
 
-    if _schema(name) == "local-dir" and not (Path(name.split(":", 1)[1]).expanduser()
+    if _schema(name) == "local-dir" and not (Path(_local(name).split(":", 1)[1])
                                              / "open_clip_config.json").is_file():
         raise ConfigError(f"{what}.name={name}: no open_clip_config.json in that folder")
     problem = ""
     try:
         with _quiet():
-            config = open_clip.get_model_config(name)
+            config = open_clip.get_model_config(_local(name))
     except Exception as e:  # the hub offline without a cached copy, a malformed file, ...
         problem = _first_line(e)
     if problem:  # raised here: our line, not the library's trace, is the message's context
@@ -112,7 +119,7 @@ def load(name: str, pretrained: Union[bool, str, None], stored: Optional[str],
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
         raise ConfigError(f"{what}.pretrained={weights} is neither a file nor a pretrained tag of "
                           f"{name} (its tags: {tags})")
-    model = _create(name, weights, config, image_size, what)
+    model = _create(_local(name), weights, config, image_size, what)
     preprocess = dict(open_clip.get_model_preprocess_cfg(model))
     return model, json.dumps({"model_cfg": config, "preprocess_cfg": preprocess})
 
@@ -170,7 +177,7 @@ def tokenizer(name: str, max_length: int, what: str) -> TextTokenizer:
     problem = ""
     try:
         with _quiet():
-            found = open_clip.get_tokenizer(name)
+            found = open_clip.get_tokenizer(_local(name))
     except Exception as e:
         problem = _first_line(e)
     if problem:
