@@ -95,16 +95,10 @@ def classify(loaded: Loaded, paths: Sequence[Path], texts: list[str], cfg: DictC
 
 
 def zero_shot(loaded: Loaded, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
-    from mmtrain.inference import embed_texts, image_batches, image_embedding
+    from mmtrain.inference import class_embeddings, image_batches, image_embedding
 
     labels = [str(label) for label in cfg.labels]
-    if not labels or any(not label.strip() for label in labels):
-        raise ConfigError("labels= needs class names, e.g. labels=[cat,dog,car]")
-    if "{}" not in cfg.template:
-        raise ConfigError(f"template={cfg.template!r} has no {{}} for the class name: quote it on the "
-                          f"command line, e.g. template='\"a photo of a {{}}\"'")
-    classes, cut = embed_texts(loaded, [cfg.template.replace("{}", label) for label in labels],
-                               cfg.batch_size, cfg.truncate)
+    classes, cut = class_embeddings(loaded, labels, [cfg.template], cfg.batch_size, cfg.truncate)
     scale = float(loaded.task.logit_scale(loaded.model))
     k = min(cfg.top_k, len(labels))
     rows = []

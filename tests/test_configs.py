@@ -12,7 +12,7 @@ from mmtrain.models.model import build_model
 from mmtrain.train import build_tasks, config_dir
 from tests.conftest import compose_train
 from tests.pretrained_models import save_tiny_bert
-from tests.zoo import TINY_BERT
+from tests.zoo import TINY_BERT, tiny_open_clip
 
 CONF = Path(config_dir())
 GROUPS = ["data", "model/image_encoder", "model/text_encoder", "model/fusion", "stages",
@@ -47,6 +47,9 @@ def _offline(cfg) -> None:
         cfg.model.text_encoder.name = str(TINY_BERT)
     if cfg.model.image_encoder._target_.endswith("TimmEncoder"):
         cfg.model.image_encoder.pretrained = False
+    for part in (cfg.model.image_encoder, cfg.model.text_encoder):
+        if part._target_.endswith(("OpenCLIPImageEncoder", "OpenCLIPTextEncoder")):
+            part.name, part.pretrained = f"local-dir:{tiny_open_clip()}", None
 
 
 @pytest.mark.parametrize("override", CASES)

@@ -17,11 +17,13 @@ from mmtrain import data as data_lib
 from mmtrain.config import check_train_config, register_schemas
 from mmtrain.data.batch import collate
 from mmtrain.models.model import build_model, model_tokenizer
-from tests.pretrained_models import save_tiny_bert
+from tests.pretrained_models import save_tiny_bert, save_tiny_open_clip
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 # The tiny Hugging Face model the `hf` choice loads: written once per test process.
 TINY_BERT = Path(tempfile.gettempdir()) / f"mmtrain-tiny-bert-{os.getpid()}"
+# The tiny open_clip model (a local-dir: folder) the `open_clip` choices load, likewise.
+TINY_OPEN_CLIP = Path(tempfile.gettempdir()) / f"mmtrain-tiny-open-clip-{os.getpid()}"
 
 # Tiny widths for every choice, so a CPU test builds and trains them in well under a second.
 TINY = {
@@ -34,6 +36,7 @@ TINY = {
         "vit_b_16": [],
         "timm": ["name=vit_tiny_patch16_224", "pretrained=false",
                  "model_kwargs={embed_dim:32,depth:1,num_heads:2,patch_size:4,img_size:16}"],
+        "open_clip": [f"name=local-dir:{TINY_OPEN_CLIP}", "pretrained=null"],
     },
     "model/text_encoder": {
         "bow": ["dim=32"],
@@ -41,6 +44,7 @@ TINY = {
         "lstm": ["embed_dim=16", "hidden_dim=16"],
         "transformer": ["dim=32", "depth=1", "heads=2", "dropout=0.0"],
         "hf": [f"name={TINY_BERT}"],
+        "open_clip": [f"name=local-dir:{TINY_OPEN_CLIP}", "pretrained=null"],
     },
     "model/fusion": {
         "concat": ["dim=32", "dropout=0.0"], "sum": ["dim=32", "dropout=0.0"],
@@ -76,10 +80,19 @@ def compose_config(image: str = "cnn", text: str = "bow", fusion: str = "concat"
     overrides += extra or []
     if text == "hf" and not (TINY_BERT / "config.json").is_file():
         save_tiny_bert(TINY_BERT)
+    if "open_clip" in (image, text):
+        tiny_open_clip()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     check_train_config(cfg)
     return cfg
+
+
+def tiny_open_clip() -> Path:
+    """The tiny open_clip folder of this process, written on first use."""
+    if not (TINY_OPEN_CLIP / "open_clip_config.json").is_file():
+        save_tiny_open_clip(TINY_OPEN_CLIP)
+    return TINY_OPEN_CLIP
 
 
 @contextlib.contextmanager

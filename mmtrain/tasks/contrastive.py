@@ -26,13 +26,25 @@ from mmtrain.tasks import Batch, Evaluation, Task
 
 
 class ContrastiveHead(nn.Module):
-    """Linear projections of both modalities into one space, plus the log logit scale."""
+    """Linear projections of both modalities into one space, plus the log logit scale; towers
+    pretrained together into one space (`joint_space`, open_clip's) keep it and its scale."""
 
-    def __init__(self, image_dim: int, text_dim: int, embed_dim: int, init_temperature: float) -> None:
+    def __init__(self, image_dim: int, text_dim: int, embed_dim: int, init_temperature: float,
+                 joint_space: dict[str, Any] | None = None) -> None:
         super().__init__()
+        if joint_space is not None:
+            self.image_proj, self.text_proj = nn.Identity(), nn.Identity()
+            self.logit_scale = nn.Parameter(torch.tensor(float(joint_space["log_logit_scale"])))
+            return
         self.image_proj = nn.Linear(image_dim, embed_dim, bias=False)
         self.text_proj = nn.Linear(text_dim, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+
+
+def joint_space(model: Any) -> dict[str, Any] | None:
+    """The space both towers already embed into, when they come from one pretrained model."""
+    space = getattr(model.image_encoder, "joint_space", None)
+    return space if space is not None and space == getattr(model.text_encoder, "joint_space", None) else None
 
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -122,7 +134,7 @@ class ContrastiveTask(Task):
 
     def attach(self, model: MultimodalModel, info: DataInfo) -> None:
         model.heads[self.name] = ContrastiveHead(model.image_encoder.out_dim, model.text_encoder.out_dim,
-                                                 self.embed_dim, self.init_temperature)
+                                                 self.embed_dim, self.init_temperature, joint_space(model))
 
     def embed(self, model: MultimodalModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """-> L2-normalized image and text embeddings, B x embed_dim each, in fp32."""
