@@ -28,7 +28,8 @@ from mmtrain.config import register_schemas
 from mmtrain.data import fixtures
 from mmtrain.data.loader import make_loader
 from mmtrain.models.model import build_model
-from mmtrain.train import build_tasks, config_dir
+from mmtrain.build import build_tasks
+from mmtrain.config import config_dir
 
 
 def compose_cfg(overrides: list[str]):

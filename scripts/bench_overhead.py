@@ -37,7 +37,8 @@ from mmtrain.engine.optimizer import build_optimizer
 from mmtrain.engine.precision import resolve_device
 from mmtrain.engine.trainer import Trainer
 from mmtrain.models.model import StageModule, build_model
-from mmtrain.train import build_tasks, config_dir
+from mmtrain.build import build_tasks
+from mmtrain.config import config_dir
 
 WARMUP = 2
 """Steps dropped at the start of each round: allocator and autograd warm-up."""

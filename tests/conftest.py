@@ -14,8 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from mmtrain.config import register_schemas
-from mmtrain.train import config_dir
+from mmtrain.config import config_dir, register_schemas
 
 # Tiny models on a shared 2-core machine: a second OpenMP thread per process only adds
 # waiting. The trainer's default thread count (trainer.num_threads=null) follows this, in

@@ -9,9 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mmtrain.config import register_schemas
+from mmtrain.config import config_dir, register_schemas
 from mmtrain.data.synthetic import COLOURS, POSITIONS, SHAPES, SIZES, TEMPLATES
-from mmtrain.train import config_dir
 from tests.trainer_utils import TINY
 
 WORDS = sorted({w for t in TEMPLATES for w in t.replace("{", " ").replace("}", " ").split()}

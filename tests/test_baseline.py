@@ -13,7 +13,8 @@ from tests.conftest import TINY, train_in_process
 pytest.importorskip("sklearn")
 
 from mmtrain.baseline import classification_baselines, main as baseline_main, retrieval_baselines  # noqa: E402
-from mmtrain.report import build_report, to_markdown  # noqa: E402
+from mmtrain.report import to_markdown  # noqa: E402
+from mmtrain.runs import build_report  # noqa: E402
 
 
 def paired(n: int, seed: int) -> dict:

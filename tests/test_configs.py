@@ -9,7 +9,8 @@ import pytest
 from mmtrain.config import check_train_config
 from mmtrain.data import DataInfo
 from mmtrain.models.model import build_model
-from mmtrain.train import build_tasks, config_dir
+from mmtrain.build import build_tasks
+from mmtrain.config import config_dir
 from tests.conftest import compose_train
 from tests.pretrained_models import save_tiny_bert
 from tests.zoo import TINY_BERT

@@ -83,7 +83,7 @@ def test_pretrained_weights_that_do_not_exist_or_do_not_fit_are_refused(tmp_path
         ResNetEncoder("resnet18", 3, 32, pretrained=str(tmp_path / "missing.pth"))
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"does not hold resnet50 weights: tensors \d+ missing .*of another shape"):
+    with pytest.raises(CheckpointError, match=r"does not hold resnet50 weights: missing \d+ keys .*shape mismatches"):
         ResNetEncoder("resnet50", 3, 32, pretrained=str(path))
 
 

@@ -10,7 +10,8 @@ from mmtrain import data as data_lib
 from mmtrain.data.batch import collate
 from mmtrain.engine.contrastive_cache import cached_contrastive_backward
 from mmtrain.models.model import build_model
-from mmtrain.train import build_tasks, train
+from mmtrain.build import build_tasks
+from mmtrain.train import train
 from tests.trainer_utils import PER_SAMPLE, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
 
 

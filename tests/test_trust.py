@@ -227,7 +227,7 @@ def test_a_checkpoint_evaluates_without_the_pretrained_weights_it_started_from(r
     from mmtrain import data as data_lib
     from mmtrain.data.tokenizer import TextTokenizer
     from mmtrain.models.model import build_model
-    from mmtrain.train import build_tasks
+    from mmtrain.build import build_tasks
 
     ckpt = torch.load(real_checkpoint, map_location="cpu", weights_only=True)
     ckpt["config"]["model"]["image_encoder"] = {

@@ -27,7 +27,7 @@ def genuine(tmp_path_factory) -> dict:
     """An untrained but complete checkpoint, built by hand in a second (no training)."""
     from mmtrain import data as data_lib
     from mmtrain.models.model import build_model
-    from mmtrain.train import build_tasks
+    from mmtrain.build import build_tasks
 
     cfg = compose_train(TINY + ["data.n_train=32", "data.n_val=16", "data.n_test=16"])
     data = data_lib.build(cfg.data)

@@ -11,9 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mmtrain.config import register_schemas
+from mmtrain.config import config_dir, register_schemas
 from mmtrain.engine.checkpoint import load_checkpoint
-from mmtrain.train import config_dir
 
 # Widths of 8-16 and 128 samples: a whole two-stage run takes a second or two on a CPU core.
 TINY = [

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mmtrain.engine.distributed import all_gather_with_grad, is_distributed, world_size
+from mmtrain.distributed import all_gather_with_grad, is_distributed, world_size
 
 
 def supports_cache(task: Any) -> bool:

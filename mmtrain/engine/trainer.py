@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from mmtrain.config import instantiate
 from mmtrain.data import DataBundle
 from mmtrain.data.loader import make_loader, to_device
-from mmtrain.engine import distributed as dist
+from mmtrain import distributed as dist
 from mmtrain.engine.checkpoint import (FORMAT_VERSION, CheckpointSaver, load_model_state,
                                        remove_partial_writes, rng_state, set_rng_state)
 from mmtrain.engine import epoch_log

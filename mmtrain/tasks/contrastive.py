@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtrain.data import DataInfo
-from mmtrain.engine.distributed import all_gather_with_grad, world_size
+from mmtrain.distributed import all_gather_with_grad, world_size
 
 
 class ContrastiveHead(nn.Module):
