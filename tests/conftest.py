@@ -10,38 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
-
-from mmtrain.config import config_dir, register_schemas
 
 # Tiny models on a shared 2-core machine: a second OpenMP thread per process only adds
 # waiting. The trainer's default thread count (trainer.num_threads=null) follows this, in
-# process and in the `mmtrain` subprocesses the tests start.
+# process and in the `mmtrain` subprocesses the tests start. Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Small enough to train in seconds on 2 cores, big enough to learn something.
-TINY = [
-    "data.n_train=512", "data.n_val=128", "data.n_test=128",
-    "model.image_encoder.width=8", "model.image_encoder.dim=32",
-    "model.text_encoder.embed_dim=16", "model.text_encoder.hidden_dim=16",
-    "model.fusion.dim=32", "stages.pretrain.epochs=1", "stages.finetune.epochs=1",
-    "trainer.batch_size=64", "trainer.progress=false", "logger.tensorboard=false",
-]
-
-
-def compose_train(overrides: list[str] | None = None) -> DictConfig:
-    register_schemas()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides or []))
+from tests.helpers import compose, single_thread  # noqa: E402
 
 
 def train_in_process(run_dir: Path, overrides: list[str] | None = None) -> dict:
     from mmtrain.train import train
 
-    return train(compose_train(overrides), run_dir)
+    return train(compose(list(overrides or [])), run_dir)
 
 
 def mmtrain_exe() -> list[str]:
@@ -78,9 +59,11 @@ def _cache_dir_of_this_session(tmp_path_factory):
         os.environ["MMTRAIN_CACHE"] = before
 
 
-@pytest.fixture
-def tiny() -> list[str]:
-    return list(TINY)
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test on one thread (see tests.helpers.single_thread)."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -95,8 +78,8 @@ def coco_clip(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def synthetic_classifier(tmp_path_factory) -> Path:
     """best.pt of a classification stage trained for seconds on the synthetic set."""
+    from tests.helpers import TINY
     from tests.inference_helpers import train
-    from tests.trainer_utils import TINY as TINY_RUN
 
-    run = train(tmp_path_factory.mktemp("classifier") / "run", [*TINY_RUN, "~stages.pretrain"])
+    run = train(tmp_path_factory.mktemp("classifier") / "run", [*TINY, "~stages.pretrain"])
     return run / "checkpoints/finetune/best.pt"

@@ -11,12 +11,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.models.image_encoder import CNNEncoder, ResNetEncoder, ViTEncoder
 from mmtrain.models.text_encoder import BowEncoder, GRUEncoder, LSTMEncoder, TransformerEncoder
-from tests.zoo import build, compose_config, one_thread
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
+from tests.zoo import build, compose_config
 
 
 IMAGE_ENCODERS = {

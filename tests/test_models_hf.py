@@ -13,7 +13,7 @@ from mmtrain.eval import evaluate_checkpoint
 from mmtrain.train import train
 from tests.conftest import run_cli
 from tests.pretrained_models import pretrained_config, save_tiny_bert
-from tests.trainer_utils import assert_same_weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import assert_same_weights
 
 SAVE_ALL = ["trainer.deterministic=true", "trainer.checkpoint.every_n_steps=1",
             "trainer.checkpoint.keep_last=99"]
@@ -200,11 +200,11 @@ def test_a_hub_id_is_handed_to_transformers_own_from_pretrained(bert, monkeypatc
 def test_an_uncached_hub_id_offline_is_one_clear_line(monkeypatch, tmp_path):
     from mmtrain.errors import ConfigError
     from mmtrain.models.model import model_tokenizer
-    from tests.conftest import compose_train
+    from tests.helpers import compose
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    cfg = compose_train(["model/text_encoder=hf", "model.text_encoder.name=nobody/no-such-model"])
+    cfg = compose(["model/text_encoder=hf", "model.text_encoder.name=nobody/no-such-model"])
     with pytest.raises(ConfigError, match="model.text_encoder.name=nobody/no-such-model: cannot load its tokenizer"):
         model_tokenizer(cfg.model, cfg.data)
 

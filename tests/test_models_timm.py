@@ -13,7 +13,6 @@ from mmtrain.train import train
 from tests.conftest import run_cli
 from tests.pretrained_models import (TIMM_VIT, TIMM_VIT_KWARGS, TIMM_VIT_OVERRIDES, pretrained_config,
                                      save_tiny_timm_vit)
-from tests.trainer_utils import one_thread  # noqa: F401 (autouse fixture)
 
 TIMM_TINY = ["model/image_encoder=timm", *TIMM_VIT_OVERRIDES]
 

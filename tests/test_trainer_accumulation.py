@@ -12,7 +12,7 @@ from mmtrain.engine.contrastive_cache import cached_contrastive_backward
 from mmtrain.models.model import build_model
 from mmtrain.build import build_tasks
 from mmtrain.train import train
-from tests.trainer_utils import PER_SAMPLE, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import PER_SAMPLE, make_config, weights
 
 
 # SGD without clipping: an update proportional to the gradient, so a wrongly scaled

@@ -10,7 +10,7 @@ from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.engine.optimizer import build_optimizer
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.train import train
-from tests.trainer_utils import PER_SAMPLE, assert_same_weights, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import PER_SAMPLE, assert_same_weights, make_config, weights
 
 
 def test_fp16_scaler_state_round_trips_through_resume(tmp_path):

@@ -13,7 +13,7 @@ from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.train import train
 from tests.pretrained_models import (TIMM_VIT, TIMM_VIT_KWARGS, TIMM_VIT_OVERRIDES, pretrained_config,
                                      save_tiny_bert, save_tiny_timm_vit)
-from tests.trainer_utils import make_config, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import make_config
 
 EVAL_ONLY = ["stages.pretrain.epochs=0", "stages.finetune.epochs=0"]
 

@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 
 from mmtrain.engine.checkpoint import FORMAT_VERSION, atomic_save
 from mmtrain.eval import evaluate_checkpoint
-from tests.conftest import TINY, compose_train, run_cli
+from tests.conftest import run_cli
+from tests.helpers import TINY_TESTED, compose
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def genuine(tmp_path_factory) -> dict:
     from mmtrain.models.model import build_model
     from mmtrain.build import build_tasks
 
-    cfg = compose_train(TINY + ["data.n_train=32", "data.n_val=16", "data.n_test=16"])
+    cfg = compose(TINY_TESTED + ["data.n_train=32", "data.n_val=16", "data.n_test=16"])
     data = data_lib.build(cfg.data)
     model = build_model(cfg.model, data.info)
     build_tasks(cfg, model, data.info)
