@@ -14,13 +14,9 @@ from torch import nn
 from mmtrain.errors import CheckpointError
 
 
-def check_state(module: nn.Module, state: Any, problem: str) -> None:
-    """Raise `problem: <what does not fit>` unless `state` holds exactly `module`'s tensors,
-    each of its shape; `module` may live on the meta device (nothing is loaded)."""
-    if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise CheckpointError(f"{problem}: its model weights are not a mapping of names to tensors: refusing them")
-    own = module.state_dict()
+def misfit(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """How `state` differs from `own` (a module's state dict, or a part of one): what is
+    missing, unexpected and of another shape, a count and the first example each; [] if it fits."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
@@ -32,6 +28,16 @@ def check_state(module: nn.Module, state: Any, problem: str) -> None:
         parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
     if shapes:
         parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
+    return parts
+
+
+def check_state(module: nn.Module, state: Any, problem: str) -> None:
+    """Raise `problem: <what does not fit>` unless `state` holds exactly `module`'s tensors,
+    each of its shape; `module` may live on the meta device (nothing is loaded)."""
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{problem}: its model weights are not a mapping of names to tensors: refusing them")
+    parts = misfit(module.state_dict(), state)
     if parts:
         raise CheckpointError(f"{problem}: {'; '.join(parts)}")
 
