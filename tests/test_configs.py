@@ -169,6 +169,17 @@ def test_best_checkpoint_direction_follows_the_monitor(overrides, mode):
     assert finetune.monitor_mode == mode
 
 
+@pytest.mark.parametrize("metric, mode", [("loss", "min"), ("text_loss", "min"), ("accuracy", "max"),
+                                          ("loss_scale", "max")])
+def test_training_and_the_report_rank_a_monitored_metric_the_same_way(metric, mode):
+    from mmtrain.runs import _mode_of
+
+    cfg = compose([f"stages.finetune.monitor={metric}"])
+    finetune = build_tasks(cfg, build_model(cfg.model, _fake_info(cfg)), _fake_info(cfg))[-1]
+    assert finetune.monitor_mode == mode
+    assert _mode_of(f"finetune/best/{metric}", []) == mode  # a run whose metrics.json has no mode
+
+
 def test_unknown_monitor_mode_is_refused():
     from mmtrain.errors import ConfigError
 
