@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,42 @@ def build_trained(cfg: DictConfig, info: Any, ckpt: dict[str, Any], path: Path) 
         raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")
     load_model_state(model, ckpt["model"], path)
     return model, stages[ckpt["stage"]].task
+
+
+@dataclass
+class BuiltRun:
+    """What `mmtrain train` trains: its data, model and stages, and what init_from brought."""
+
+    data: Any
+    model: Any
+    stages: list
+    transferred: dict[str, Any] | None
+    """{checkpoint, loaded: [module], skipped: {module: why}} when init_from loaded weights."""
+
+
+def build_run(cfg: DictConfig, resume: dict[str, Any] | None, resume_path: Path | None) -> BuiltRun:
+    """Data, model and stages of a training run; a resumed one is rebuilt as its checkpoint
+    was saved (tokenizer, encoder architectures), a new one may take weights from init_from."""
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint
+    from mmtrain.engine.transfer import find_init_checkpoint, load_modules
+    from mmtrain.models.model import build_model, model_tokenizer
+
+    init_path = find_init_checkpoint(cfg.init_from) if cfg.init_from and resume is None else None
+    init = load_checkpoint(init_path) if init_path else None
+    init_modules = list(cfg.init_modules) if cfg.init_modules is not None else None
+    # A resumed run keeps its checkpoint's tokenizer; a pretrained text encoder brings its own;
+    # a text encoder taken over by init_from keeps the vocabulary its embeddings were trained on.
+    tokenizer = checkpoint_tokenizer(resume, resume_path) if resume else model_tokenizer(cfg.model, cfg.data)
+    if tokenizer is None and init is not None and "text_encoder" in (init_modules or ["text_encoder"]):
+        tokenizer = checkpoint_tokenizer(init, init_path)
+    data = build_data(cfg, tokenizer)
+    model = build_model(cfg.model, data.info,
+                        architecture=resume["config"].get("architecture") if resume else None)
+    stages = build_tasks(cfg, model, data.info)
+    transferred = None
+    if init is not None:
+        loaded, skipped = load_modules(model, init["model"], init_modules, init_path)
+        transferred = {"checkpoint": str(init_path), "loaded": loaded, "skipped": skipped}
+        log.info("init_from %s: loaded %s%s", init_path, ", ".join(loaded),
+                 "".join(f"; skipped {n} ({why})" for n, why in skipped.items()))
+    return BuiltRun(data, model, stages, transferred)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmtrain import run_dir as run_dir_lib
 from mmtrain.atomic import write_json
-from mmtrain.build import build_data, build_tasks, follow_pretrained_input_size, seed_everything
+from mmtrain.build import build_run, follow_pretrained_input_size, seed_everything
 from mmtrain.config import TrainConfig, check_train_config, config_dir, register_schemas
 from mmtrain.errors import ConfigError
 
@@ -190,13 +190,10 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
     """Train `cfg` into `run_dir` (the Python API; `mmtrain train` calls it from `run`, with
     the start already checked as `begun` and the StopSignal it holds as `stop`)."""
     from mmtrain import distributed
-    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint
     from mmtrain.engine.logger import MetricLogger, final_metrics, hyperparameters, run_name, task_overrides
     from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.threads import set_num_threads
     from mmtrain.engine.trainer import Trainer
-    from mmtrain.engine.transfer import find_init_checkpoint, load_modules
-    from mmtrain.models.model import build_model, model_tokenizer
 
     resume_path, resume = begun if begun is not None else begin(cfg, run_dir)
     # Before anything is adopted or read: a GPU without bf16 refuses bf16-mixed here.
@@ -213,26 +210,10 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     threads = set_num_threads(cfg.trainer.num_threads)
-    init_path = find_init_checkpoint(cfg.init_from) if cfg.init_from and resume is None else None
-    init = load_checkpoint(init_path) if init_path else None
-    # A resumed run keeps its checkpoint's tokenizer; a pretrained text encoder brings its own;
-    # a text encoder taken over by init_from keeps the vocabulary its embeddings were trained on.
-    tokenizer = checkpoint_tokenizer(resume, resume_path) if resume else model_tokenizer(cfg.model, cfg.data)
-    init_modules = container["init_modules"]
-    if tokenizer is None and init is not None and "text_encoder" in (init_modules or ["text_encoder"]):
-        tokenizer = checkpoint_tokenizer(init, init_path)
-    data = build_data(cfg, tokenizer)
-    model = build_model(cfg.model, data.info,
-                        architecture=resume["config"].get("architecture") if resume else None)
+    built = build_run(cfg, resume, resume_path)
+    data, model, stages = built.data, built.model, built.stages
     # Checkpoints carry what rebuilds the pretrained encoders offline (eval, resume).
     container["architecture"] = model.architecture()
-    stages = build_tasks(cfg, model, data.info)
-    transferred = None
-    if init is not None:
-        loaded, skipped = load_modules(model, init["model"], init_modules, init_path)
-        transferred = {"checkpoint": str(init_path), "loaded": loaded, "skipped": skipped}
-        log.info("init_from %s: loaded %s%s", init_path, ", ".join(loaded),
-                 "".join(f"; skipped {n} ({why})" for n, why in skipped.items()))
     main_rank = distributed.rank() == 0
     logger = MetricLogger(run_dir, cfg.logger, enabled=main_rank, name=run_name(run_dir), config=container)
     hparams = hyperparameters(cfg, task_overrides())
@@ -251,7 +232,7 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
                       logger=logger, stop=stop)
     try:
         results = trainer.fit(stages, resume=resume)
-        summary = _test_and_summarize(cfg, run_dir, trainer, stages, results, main_rank, transferred)
+        summary = _test_and_summarize(cfg, run_dir, trainer, stages, results, main_rank, built.transferred)
         logger.log_final(hparams, final_metrics(summary), trainer.global_step,
                          [Path(p) for p in summary.get("artifacts", [])])
     finally:

@@ -63,7 +63,7 @@ def test_bf16_on_a_gpu_without_it_is_refused_at_start_before_any_data_is_read(tm
     def read(*args, **kwargs):
         raise AssertionError("the data was read before the precision was checked")
 
-    monkeypatch.setattr("mmtrain.train.build_data", read)
+    monkeypatch.setattr("mmtrain.build.build_data", read)
     with pytest.raises(ConfigError, match="precision=bf16-mixed needs a GPU with bf16"):
         train(make_config("trainer.precision=bf16-mixed"), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
