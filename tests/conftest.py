@@ -1,12 +1,9 @@
-"""Shared helpers: compose the real configs, train tiny models in-process, run the CLI."""
+"""Fixtures of every test: one thread, a cache dir of the session, tiny trained checkpoints
+(the helpers they and the tests use are in tests/helpers.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,34 +13,7 @@ import pytest
 # process and in the `mmtrain` subprocesses the tests start. Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from tests.helpers import compose, single_thread  # noqa: E402
-
-
-def train_in_process(run_dir: Path, overrides: list[str] | None = None) -> dict:
-    from mmtrain.train import train
-
-    return train(compose(list(overrides or [])), run_dir)
-
-
-def mmtrain_exe() -> list[str]:
-    """The installed console script (falls back to `python -m mmtrain` if it is not on PATH)."""
-    exe = shutil.which("mmtrain", path=str(Path(sys.executable).parent)) or shutil.which("mmtrain")
-    return [exe] if exe else [sys.executable, "-m", "mmtrain"]
-
-
-def run_cli(args: list[str], cwd: Path, timeout: int = 1200, env: dict | None = None
-            ) -> subprocess.CompletedProcess:
-    """The installed command; `timeout` only guards against a hang, never a slow machine."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(mmtrain_exe() + args, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """Every file below `folder` (hidden ones included) -> the SHA-256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+from tests.helpers import single_thread  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -6,8 +6,7 @@ import subprocess
 from pathlib import Path
 
 from mmtrain.data import fixtures
-from tests.conftest import run_cli
-from tests.helpers import QUIET, TINY_MODEL, changed
+from tests.helpers import QUIET, TINY_MODEL, changed, run_cli
 
 # The fixture datasets' experiments, a little wider than TINY: they must learn their targets.
 FIXTURE_MODEL = [*changed(TINY_MODEL, "model.image_encoder.dim=32", "model.text_encoder.embed_dim=16",

@@ -1,10 +1,13 @@
 """What the tests share: the tiny-config overrides, one thread per test, composing the
-repo's configs, and checkpoint reads."""
+repo's configs, training in-process, running the installed command, and checkpoint reads."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -99,3 +102,30 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("MMTRAIN_RUN_STAMP", None)
     return env
+
+
+def train_in_process(run_dir: Path, overrides: list[str] | None = None) -> dict:
+    from mmtrain.train import train
+
+    return train(compose(list(overrides or [])), run_dir)
+
+
+def mmtrain_exe() -> list[str]:
+    """The installed console script (falls back to `python -m mmtrain` if it is not on PATH)."""
+    exe = shutil.which("mmtrain", path=str(Path(sys.executable).parent)) or shutil.which("mmtrain")
+    return [exe] if exe else [sys.executable, "-m", "mmtrain"]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 1200, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+    """The installed command; `timeout` only guards against a hang, never a slow machine."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(mmtrain_exe() + args, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file below `folder` (hidden ones included) -> the SHA-256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

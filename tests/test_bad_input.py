@@ -18,8 +18,7 @@ from mmtrain.cli import _report
 from mmtrain.config import check_train_config
 from mmtrain.engine.checkpoint import atomic_save, load_checkpoint
 from mmtrain.errors import CheckpointError, ConfigError, DataError, StorageError
-from tests.conftest import run_cli, train_in_process
-from tests.helpers import TINY_TESTED, compose
+from tests.helpers import TINY_TESTED, compose, run_cli, train_in_process
 from tests.data_helpers import coco_fixture
 
 

@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import train_in_process
-from tests.helpers import TINY_TESTED
+from tests.helpers import TINY_TESTED, train_in_process
 
 pytest.importorskip("sklearn")
 

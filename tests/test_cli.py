@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.helpers import TINY_TESTED
+from tests.helpers import TINY_TESTED, run_cli
 
 
 def _cli_without_torch(args: list[str], code: int, cwd) -> subprocess.CompletedProcess:

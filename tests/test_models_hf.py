@@ -11,9 +11,8 @@ import torch
 from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.train import train
-from tests.conftest import run_cli
+from tests.helpers import assert_same_weights, run_cli
 from tests.pretrained_models import pretrained_config, save_tiny_bert
-from tests.helpers import assert_same_weights
 
 SAVE_ALL = ["trainer.deterministic=true", "trainer.checkpoint.every_n_steps=1",
             "trainer.checkpoint.keep_last=99"]

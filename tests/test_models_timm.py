@@ -10,7 +10,7 @@ from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.models.image_encoder import TimmEncoder
 from mmtrain.train import train
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.pretrained_models import (TIMM_VIT, TIMM_VIT_KWARGS, TIMM_VIT_OVERRIDES, pretrained_config,
                                      save_tiny_timm_vit)
 

@@ -16,8 +16,8 @@ import torch
 
 from mmtrain.errors import ConfigError
 from mmtrain.train import train
-from tests.conftest import mmtrain_exe, run_cli, train_in_process, tree_digest
-from tests.helpers import TINY, TINY_TESTED, cli_env, make_config
+from tests.helpers import (TINY, TINY_TESTED, cli_env, make_config, mmtrain_exe, run_cli, train_in_process,
+                           tree_digest)
 from tests.test_trainer_signals import stalled, stop, wait_for
 def test_a_fresh_run_never_overwrites_a_run_dir_with_checkpoints(tmp_path):
     run_dir = tmp_path / "run"

@@ -23,8 +23,7 @@ from mmtrain.engine.checkpoint import atomic_save, load_checkpoint
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.trust import check_config_targets
-from tests.conftest import run_cli, train_in_process
-from tests.helpers import TINY_TESTED, choices, compose
+from tests.helpers import TINY_TESTED, choices, compose, run_cli, train_in_process
 
 SECTIONS = ["data", "model.image_encoder", "model.text_encoder", "model.fusion",
             "stages.pretrain.task", "stages.finetune.task", "optimizer", "scheduler"]

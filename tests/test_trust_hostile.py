@@ -19,8 +19,7 @@ from omegaconf import OmegaConf
 
 from mmtrain.engine.checkpoint import FORMAT_VERSION, atomic_save
 from mmtrain.eval import evaluate_checkpoint
-from tests.conftest import run_cli
-from tests.helpers import TINY_TESTED, compose
+from tests.helpers import TINY_TESTED, compose, run_cli
 
 
 @pytest.fixture(scope="module")
