@@ -88,7 +88,6 @@ def data_roots(tmp_path_factory) -> dict[str, str]:
 # The default recipe and every experiment: each data config alone would not fit the default
 # stages (COCO has no class labels), the recipes that use it do.
 RECIPES = [[]] + [[f"+experiment={o}"] for o in choices("experiment")]
-SLOW_RECIPES = {"coco_clip_pretrained"}  # a step of ViT-B/16 at 224 px: ~20 s on a CPU
 
 
 def test_the_recipes_cover_every_data_config():
@@ -96,9 +95,7 @@ def test_the_recipes_cover_every_data_config():
     assert built == {compose([f"data={d}"]).data._target_ for d in choices("data")}
 
 
-@pytest.mark.parametrize("overrides", [
-    pytest.param(r, marks=pytest.mark.slow) if r and r[0].split("=")[1] in SLOW_RECIPES else r for r in RECIPES
-], ids=lambda o: o[0] if o else "default")
+@pytest.mark.parametrize("overrides", RECIPES, ids=lambda o: o[0] if o else "default")
 def test_recipe_builds_its_data_and_trains_a_step_of_each_stage(overrides, data_roots):
     cfg = compose(overrides)
     check_train_config(cfg)
