@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import hydra.utils
 import torch
 
 from mmtrain import data as data_lib
+from mmtrain.build import build_tasks
 from mmtrain.config import compose_config
 from mmtrain.data.batch import collate
 from mmtrain.models.model import build_model
@@ -46,8 +46,8 @@ def step_time(group: str, choice: str, batch_size: int, steps: int,
     if text_length:
         data.info.vocab_size = VOCAB
     model = build_model(cfg.model, data.info)
-    task = hydra.utils.instantiate(cfg.stages.finetune.task, _convert_="all")
-    task.attach(model, data.info)
+    (stage,) = build_tasks(cfg, model, data.info)
+    task = stage.task
     batch = collate(data.train.__getitems__(list(range(batch_size))))
     if text_length:
         g = torch.Generator().manual_seed(0)

@@ -7,11 +7,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import hydra.utils
 import torch
 from omegaconf import DictConfig
 
 from mmtrain import data as data_lib
+from mmtrain.build import build_data, build_tasks
 from mmtrain.config import check_train_config
 from mmtrain.data.batch import collate
 from mmtrain.models.model import build_model, model_tokenizer
@@ -76,11 +76,10 @@ def compose_config(image: str = "cnn", text: str = "bow", fusion: str = "concat"
 def build(cfg: DictConfig) -> tuple[Any, Any, data_lib.DataBundle]:
     """-> (model, its one task attached, data), initialised from a fixed seed."""
     torch.manual_seed(0)
-    data = data_lib.build(cfg.data, tokenizer=model_tokenizer(cfg.model, cfg.data))
+    data = build_data(cfg, model_tokenizer(cfg.model, cfg.data))
     model = build_model(cfg.model, data.info)
-    task = hydra.utils.instantiate(cfg.stages.pretrain.task, _convert_="all")
-    task.attach(model, data.info)
-    return model, task, data
+    (stage,) = build_tasks(cfg, model, data.info)
+    return model, stage.task, data
 
 
 def fixed_batch(data: data_lib.DataBundle, n: int = 16) -> dict[str, torch.Tensor]:
