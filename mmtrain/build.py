@@ -90,6 +90,7 @@ def monitor_mode(stage: str, stage_cfg: Any, task: Any, monitor: str) -> str:
 def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
     """Instantiate each stage's task once and attach its heads, in stage order."""
     from mmtrain.engine.trainer import Stage
+    from mmtrain.tasks import check_task
 
     stages, by_name = [], {}
     for name, stage_cfg in cfg.stages.items():
@@ -97,7 +98,7 @@ def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
         # It names a module and the task's artifact files: a '/' or '..' would write elsewhere.
         if head is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", str(head)):
             raise ConfigError(f"stages.{name}.task.name={head!r}: use letters, digits, _ and -")
-        task = instantiate(stage_cfg.task, _convert_="all")
+        task = check_task(instantiate(stage_cfg.task, _convert_="all"), f"stages.{name}.task")
         if task.name in by_name:
             earlier_cfg, earlier_task = by_name[task.name]
             if earlier_cfg != stage_cfg.task:

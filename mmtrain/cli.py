@@ -217,8 +217,9 @@ def _complete_eval_keys_only(entry: Any) -> None:
 # Hydra and torch start, so a mistyped path is answered in a fraction of a second.
 _PATH_ARGS: dict[str, dict[str, str]] = {
     "eval": {"ckpt": "file", "run": "dir"},
-    "train": {"trainer.resume": "any"},
+    "train": {"trainer.resume": "any", "init_from": "any", "model.image_encoder.pretrained": "weights"},
 }
+_WHAT = {"file": "checkpoint", "dir": "run dir", "any": "checkpoint or run dir"}
 
 
 def _check_paths(command: str, args: list[str]) -> None:
@@ -229,12 +230,16 @@ def _check_paths(command: str, args: list[str]) -> None:
         kind = _PATH_ARGS.get(command, {}).get(key.lstrip("+"))
         if not sep or kind is None or value in ("", "null", "true", "false", "True", "False"):
             continue
+        if any(c in value for c in ",()[]{}$"):  # a sweep, a choice or an interpolation
+            continue
         path = os.path.expanduser(value)
-        missing = {"file": not os.path.isfile(path), "dir": not os.path.isdir(path),
-                   "any": not os.path.exists(path)}[kind]
+        missing = {"file": not os.path.isfile(path), "dir": not os.path.isdir(path)}.get(
+            kind, not os.path.exists(path))
+        if missing and kind == "weights":
+            raise CheckpointError(f"{key}={value}: no such file or folder; pass a local weights "
+                                  f"file, true (the library's own download) or null (random init)")
         if missing:
-            what = {"file": "checkpoint", "dir": "run dir", "any": "checkpoint or run dir"}[kind]
-            raise CheckpointError(f"{what} not found: {value} ({key}=)")
+            raise CheckpointError(f"{_WHAT[kind]} not found: {value} ({key}=)")
 
 
 def _report(exc: Exception, command: str = "", args: list[str] = ()) -> int:

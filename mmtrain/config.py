@@ -56,7 +56,7 @@ class TrainerConfig:
     """Micro-batches per optimizer step; under DDP only the last one all-reduces."""
     contrastive_accumulation: str = "plain"
     """plain: each micro-batch's contrastive loss sees its own negatives; cache: negatives span
-    the whole accumulated batch (GradCache, one extra forward), see contrastive_cache.py."""
+    the whole accumulated batch (GradCache, one extra forward), see ContrastiveTask.cached_backward."""
     max_nonfinite_steps: int = 20
     """Steps with a non-finite gradient are skipped; this many in a row stop the run."""
     log_every_n_steps: int = 10
@@ -190,6 +190,14 @@ class EvalConfig:
     """Where metrics are written; default: next to the checkpoint's run dir."""
     ablate: bool = False
     """Also report every metric with the image blanked and with the text blanked."""
+    zero_shot: bool = False
+    """Contrastive checkpoints: also classify the split's images zero-shot from the data's class
+    names put in prompt templates (OpenAI CLIP's protocol): zero_shot_top1 / zero_shot_top5."""
+    zero_shot_label: Optional[str] = None
+    """Which of the data's labels to classify; null: the image's own (mnist_imdb: digit), else label."""
+    templates: Optional[List[str]] = None
+    """Prompt templates ({} = the class name); null: the data's own for that label, else
+    ["a photo of a {}."]."""
     trust_config: bool = False
     """Build whatever `_target_` the checkpoint's config names. Off: only mmtrain's own
     components and torch's optimizers and schedulers (a config can name any callable)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -14,6 +14,11 @@ from mmtrain.atomic import write_json
 from mmtrain.build import build_trained, drop_pretrained
 from mmtrain.config import PRECISIONS, config_dir, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from mmtrain.data import DataBundle
+    from mmtrain.models.model import MultimodalModel
+    from mmtrain.tasks import Task
 
 log = logging.getLogger("mmtrain")
 
@@ -87,9 +92,9 @@ class Rebuilt:
 
     checkpoint: dict[str, Any]
     config: DictConfig
-    data: Any
-    model: Any
-    task: Any
+    data: DataBundle
+    model: MultimodalModel
+    task: Task
     """The task of the stage that saved the checkpoint."""
 
 
@@ -135,20 +140,26 @@ def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto"
                         data_overrides: dict | None = None, ablate: bool = False,
                         limit_eval_batches: int | None = None,
                         artifacts_dir: Path | None = None, allow_targets: Sequence[str] = (),
-                        trust_config: bool = False) -> dict[str, Any]:
+                        trust_config: bool = False, zero_shot: bool = False,
+                        zero_shot_label: str | None = None,
+                        templates: Sequence[str] | None = None) -> dict[str, Any]:
     """Rebuild data and model from the checkpoint alone and run its stage's task metrics
-    (and write the task's artifacts, e.g. a confusion matrix, to `artifacts_dir`)."""
+    (and write the task's artifacts, e.g. a confusion matrix, to `artifacts_dir`); with
+    `zero_shot`, a contrastive checkpoint's zero-shot accuracy too (mmtrain.zero_shot)."""
     built = rebuild(path, data_overrides=data_overrides, allow=allow_targets, trust=trust_config)
     return evaluate_rebuilt(built, path, split, device=device, precision=precision,
                             batch_size=batch_size, num_workers=num_workers, ablate=ablate,
-                            limit_eval_batches=limit_eval_batches, artifacts_dir=artifacts_dir)
+                            limit_eval_batches=limit_eval_batches, artifacts_dir=artifacts_dir,
+                            zero_shot=zero_shot, zero_shot_label=zero_shot_label, templates=templates)
 
 
 def evaluate_rebuilt(built: Rebuilt, path: Path, split: str = "test", *, device: str = "auto",
                      precision: str | None = None, batch_size: int | None = None,
                      num_workers: int = 0, ablate: bool = False,
                      limit_eval_batches: int | None = None,
-                     artifacts_dir: Path | None = None) -> dict[str, Any]:
+                     artifacts_dir: Path | None = None, zero_shot: bool = False,
+                     zero_shot_label: str | None = None,
+                     templates: Sequence[str] | None = None) -> dict[str, Any]:
     from mmtrain.data.loader import make_loader
     from mmtrain.engine.precision import resolve_device, resolve_precision
     from mmtrain.engine.trainer import evaluate
@@ -164,14 +175,25 @@ def evaluate_rebuilt(built: Rebuilt, path: Path, split: str = "test", *, device:
     loader = make_loader(built.data.split(split), batch_size, train=False, num_workers=num_workers,
                          device=dev)
     result: dict[str, Any] = {"checkpoint": str(path), "stage": built.checkpoint["stage"], "split": split}
-    result["metrics"] = evaluate(model, task, loader, dev, precision, limit=limit_eval_batches)
-    if artifacts_dir is not None and hasattr(task, "write_artifacts"):
-        result["artifacts"] = [str(p) for p in task.write_artifacts(artifacts_dir)]
+    zero_shot_metrics = {}
+    if zero_shot:  # first: a checkpoint or data it cannot use is refused before any other work
+        from mmtrain.inference import Loaded
+        from mmtrain.zero_shot import zero_shot_accuracy
+
+        loaded = Loaded(path, model.eval(), task, str(built.checkpoint["stage"]), built.data.info,
+                        built.data.tokenizer, built.config, dev)
+        zero_shot_metrics = zero_shot_accuracy(
+            loaded, built.data.split(split), label=zero_shot_label, templates=templates,
+            batch_size=batch_size, num_workers=num_workers, limit=limit_eval_batches)
+    evaluation = evaluate(model, task, loader, dev, precision, limit=limit_eval_batches)
+    result["metrics"] = {**evaluation.metrics, **zero_shot_metrics}
+    if artifacts_dir is not None and evaluation.artifacts:
+        result["artifacts"] = [str(p) for p in evaluation.write_artifacts(artifacts_dir)]
     if ablate:
         # A task's target is not an input to blank (captioning's text is what it predicts).
-        for blank in getattr(task, "input_modalities", ("image", "text")):
+        for blank in task.input_modalities:
             result[f"metrics_without_{blank}"] = evaluate(model, task, loader, dev, precision,
-                                                          blank=(blank,), limit=limit_eval_batches)
+                                                          blank=(blank,), limit=limit_eval_batches).metrics
     return result
 
 
@@ -213,7 +235,9 @@ def run(cfg: DictConfig) -> None:
         result = evaluate_rebuilt(built, path, cfg.split, device=cfg.device, precision=cfg.precision,
                                   batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                   ablate=cfg.ablate, limit_eval_batches=cfg.limit_eval_batches,
-                                  artifacts_dir=out.with_suffix(""))
+                                  artifacts_dir=out.with_suffix(""), zero_shot=cfg.zero_shot,
+                                  zero_shot_label=cfg.zero_shot_label,
+                                  templates=list(cfg.templates) if cfg.templates is not None else None)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -225,5 +249,6 @@ def run(cfg: DictConfig) -> None:
     print(f"{path} ({result['stage']} stage, {cfg.split} split)")
     print(f"{'metric':<16}" + "".join(f"{c:>16}" for c in columns))
     for name in result["metrics"]:
-        print(f"{name:<16}" + "".join(f"{col[name]:>16.4f}" for col in columns.values()))
+        print(f"{name:<16}" + "".join(f"{col[name]:>16.4f}" if name in col else f"{'-':>16}"
+                                      for col in columns.values()))
     print(f"written: {out}")

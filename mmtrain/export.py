@@ -29,13 +29,16 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import hydra
 from omegaconf import DictConfig
 
 from mmtrain.config import config_dir, register_schemas
 from mmtrain.errors import ConfigError, MmtrainError
+
+if TYPE_CHECKING:
+    from mmtrain.inference import Loaded
 
 TOLERANCE = 1e-4
 FORMATS = ("onnx", "torchscript")
@@ -65,7 +68,7 @@ class Graph:
     """Dimension name -> largest value (positions a model has)."""
 
 
-def _graphs(loaded: Any) -> list[Graph]:
+def _graphs(loaded: Loaded) -> list[Graph]:
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -136,7 +139,7 @@ def _graphs(loaded: Any) -> list[Graph]:
 
 # ---- inputs ------------------------------------------------------------------------------
 
-def sample_inputs(loaded: Any, n: int, length: int, images: Any = None, texts: Sequence[str] = (),
+def sample_inputs(loaded: Loaded, n: int, length: int, images: Any = None, texts: Sequence[str] = (),
                   seed: int = 0) -> dict[str, Any]:
     """n images (the given ones, else seeded random pixels) and n texts (the given ones, else
     sentences of vocabulary words), tokenized as in training; every name a graph may take."""
@@ -268,7 +271,7 @@ EXPORTERS: dict[str, tuple[str, Callable[..., tuple[float, str]]]] = {
     "onnx": (".onnx", _onnx), "torchscript": (".pt", _torchscript)}
 
 
-def tokenizer_json(loaded: Any) -> str:
+def tokenizer_json(loaded: Loaded) -> str:
     """The checkpoint's tokenizer, padding and cutting to max_length by itself, as tokenizer.json."""
     from tokenizers import Tokenizer
 
@@ -280,7 +283,7 @@ def tokenizer_json(loaded: Any) -> str:
     return tok.to_str(pretty=True)
 
 
-def preprocess_json(loaded: Any, graphs: dict[str, Any]) -> dict[str, Any]:
+def preprocess_json(loaded: Loaded, graphs: dict[str, Any]) -> dict[str, Any]:
     info, tok, task = loaded.info, loaded.tokenizer, loaded.task
     out: dict[str, Any] = {
         "task": loaded.kind,
@@ -304,7 +307,7 @@ def preprocess_json(loaded: Any, graphs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def export(loaded: Any, fmt: str, out: Path, images: Any = None, texts: Sequence[str] = ()) -> dict[str, Any]:
+def export(loaded: Loaded, fmt: str, out: Path, images: Any = None, texts: Sequence[str] = ()) -> dict[str, Any]:
     """Write graphs, tokenizer.json and preprocess.json into `out` (new or empty), all checked."""
     suffix, exporter = EXPORTERS[fmt]
     graphs = _graphs(loaded)

@@ -15,9 +15,10 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
@@ -26,6 +27,10 @@ from mmtrain.data import DataInfo
 from mmtrain.data.coco import load_image
 from mmtrain.data.tokenizer import TextTokenizer
 from mmtrain.errors import CheckpointError, ConfigError, DataError
+
+if TYPE_CHECKING:
+    from mmtrain.models.model import MultimodalModel
+    from mmtrain.tasks import Task
 
 KINDS = {"ClassificationTask": "classification", "ContrastiveTask": "contrastive",
          "CaptioningTask": "captioning", "MultitaskTask": "multitask"}
@@ -36,8 +41,8 @@ class Loaded:
     """A checkpoint rebuilt for inference: the model in eval mode on `device`."""
 
     path: Path
-    model: Any
-    task: Any
+    model: MultimodalModel
+    task: Task
     """The task of the stage that saved the checkpoint (its head is what was trained last)."""
     stage: str
     info: DataInfo
@@ -67,6 +72,7 @@ def data_info(ckpt: dict[str, Any], path: Path, tokenizer: TextTokenizer) -> Dat
         ok = (info.image_channels in (1, 3) and isinstance(info.image_size, int) and info.image_size > 0
               and all(isinstance(n, int) and n > 0 for n in info.num_classes.values())
               and all(len(names) == info.num_classes.get(k, len(names)) for k, names in info.class_names.items())
+              and all(isinstance(t, str) for ts in info.prompt_templates.values() for t in ts)
               and len(info.image_mean) == len(info.image_std) > 0)
     except (TypeError, AttributeError):
         ok = False
@@ -216,6 +222,27 @@ def embed_texts(loaded: Loaded, texts: Sequence[str], batch_size: int = 256,
     for s in range(0, ids.shape[0], batch_size):
         out.append(text_embedding(loaded, ids[s : s + batch_size], lengths[s : s + batch_size]))
     return torch.cat(out), cut
+
+
+def class_embeddings(loaded: Loaded, labels: Sequence[str], templates: Sequence[str],
+                     batch_size: int = 256, truncate: bool = False) -> tuple[torch.Tensor, list[bool]]:
+    """OpenAI CLIP's zero-shot classifier, C x D: each class name put in every prompt template,
+    the prompts' normalized embeddings averaged and normalized again; and, per class, whether
+    any of its prompts was cut (`truncate`)."""
+    labels, templates = [str(label) for label in labels], [str(t) for t in templates]
+    if not labels or any(not label.strip() for label in labels):
+        raise ConfigError("labels= needs class names, e.g. labels=[cat,dog,car]")
+    if not templates:
+        raise ConfigError("no prompt template: give one, e.g. template='\"a photo of a {}\"'")
+    for template in templates:
+        if "{}" not in template:
+            raise ConfigError(f"template={template!r} has no {{}} for the class name: quote it on the "
+                              f"command line, e.g. template='\"a photo of a {{}}\"'")
+    prompts = [t.replace("{}", label) for label in labels for t in templates]
+    embedded, cut = embed_texts(loaded, prompts, batch_size, truncate)
+    classes = F.normalize(embedded.view(len(labels), len(templates), -1).mean(1), dim=-1)
+    n = len(templates)
+    return classes, [any(cut[i * n : (i + 1) * n]) for i in range(len(labels))]
 
 
 def text_embedding(loaded: Loaded, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import hydra
 from omegaconf import DictConfig
 
 from mmtrain.config import config_dir, register_schemas
 from mmtrain.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from mmtrain.inference import Loaded
 
 Row = dict[str, Any]
 
@@ -54,7 +57,7 @@ def _decoded(batch: Any) -> None:
         raise DataError(batch.errors[0][1])
 
 
-def classify(loaded: Any, paths: Sequence[Path], texts: list[str], cfg: DictConfig) -> list[Row]:
+def classify(loaded: Loaded, paths: Sequence[Path], texts: list[str], cfg: DictConfig) -> list[Row]:
     import torch
 
     from mmtrain.inference import encode_texts, image_batches
@@ -87,17 +90,11 @@ def classify(loaded: Any, paths: Sequence[Path], texts: list[str], cfg: DictConf
     return [row for pair in pairs for row in rows[pair]]
 
 
-def zero_shot(loaded: Any, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
-    from mmtrain.inference import embed_texts, image_batches, image_embedding
+def zero_shot(loaded: Loaded, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
+    from mmtrain.inference import class_embeddings, image_batches, image_embedding
 
     labels = [str(label) for label in cfg.labels]
-    if not labels or any(not label.strip() for label in labels):
-        raise ConfigError("labels= needs class names, e.g. labels=[cat,dog,car]")
-    if "{}" not in cfg.template:
-        raise ConfigError(f"template={cfg.template!r} has no {{}} for the class name: quote it on the "
-                          f"command line, e.g. template='\"a photo of a {{}}\"'")
-    classes, cut = embed_texts(loaded, [cfg.template.replace("{}", label) for label in labels],
-                               cfg.batch_size, cfg.truncate)
+    classes, cut = class_embeddings(loaded, labels, [cfg.template], cfg.batch_size, cfg.truncate)
     scale = float(loaded.task.logit_scale(loaded.model))
     k = min(cfg.top_k, len(labels))
     rows = []
@@ -111,7 +108,7 @@ def zero_shot(loaded: Any, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
     return rows
 
 
-def similarity(loaded: Any, paths: Sequence[Path], texts: list[str], cfg: DictConfig) -> list[Row]:
+def similarity(loaded: Loaded, paths: Sequence[Path], texts: list[str], cfg: DictConfig) -> list[Row]:
     from mmtrain.inference import embed_texts, image_batches, image_embedding
 
     text_emb, cut = embed_texts(loaded, texts, cfg.batch_size, cfg.truncate)
@@ -125,7 +122,7 @@ def similarity(loaded: Any, paths: Sequence[Path], texts: list[str], cfg: DictCo
     return rows
 
 
-def caption(loaded: Any, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
+def caption(loaded: Loaded, paths: Sequence[Path], cfg: DictConfig) -> list[Row]:
     import torch
 
     from mmtrain.inference import image_batches

@@ -297,19 +297,18 @@ def remove_leftovers(run_dir: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def adopt_checkpoints(path: Path, resume: dict[str, Any], run_dir: Path, main_rank: bool) -> None:
+def adopt_checkpoints(path: Path, resume: dict[str, Any], run_dir: Path, main_rank: bool) -> bool:
     """Resuming into a new run dir: bring the source run's checkpoints along, so the best.pt
-    files its state refers to exist here too (and the source run stays untouched).
+    files its state refers to exist here too (and the source run stays untouched). -> whether
+    they do: a lone file's best-so-far files are not here, so its stage ranks afresh.
 
     The copy goes to a staging folder renamed to checkpoints/ in one step: killed before
     the rename, the run dir holds no checkpoint and the same command starts over."""
     source = path.parent.parent
     if source.name != "checkpoints" or (source / str(resume["stage"])).resolve() != path.parent.resolve():
-        # A lone file: its best-so-far files are not here, so the stage ranks afresh.
-        resume["best"] = {**resume["best"], "value": None, "epoch": None, "top": []}
-        return
+        return False
     if not main_rank:
-        return
+        return True
     staging = run_dir / STAGING
     shutil.rmtree(staging, ignore_errors=True)
     for file in sorted(source.glob("*/*.pt")):
@@ -319,6 +318,7 @@ def adopt_checkpoints(path: Path, resume: dict[str, Any], run_dir: Path, main_ra
         shutil.rmtree(target)
     os.rename(staging, target)
     _fsync_dir(run_dir)
+    return True
 
 
 def _copy_durably(src: Path, dst: Path) -> None:

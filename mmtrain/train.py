@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmtrain import run_dir as run_dir_lib
 from mmtrain.atomic import write_json
 from mmtrain.build import build_run, follow_pretrained_input_size, seed_everything
-from mmtrain.config import TrainConfig, check_train_config, config_dir, register_schemas
+from mmtrain.config import TrainConfig, check_train_config, config_dir, instantiate, register_schemas
 from mmtrain.errors import ConfigError
 
 log = logging.getLogger("mmtrain")
@@ -191,21 +192,23 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
     the start already checked as `begun` and the StopSignal it holds as `stop`)."""
     from mmtrain import distributed
     from mmtrain.engine.logger import MetricLogger, final_metrics, hyperparameters, run_name, task_overrides
-    from mmtrain.engine.precision import resolve_device, resolve_precision
+    from mmtrain.engine.precision import resolve_device
     from mmtrain.engine.threads import set_num_threads
-    from mmtrain.engine.trainer import Trainer
+    from mmtrain.engine.optimizer import build_optimizer
+    from mmtrain.engine.trainer import Trainer, TrainerSettings
 
     resume_path, resume = begun if begun is not None else begin(cfg, run_dir)
     # Before anything is adopted or read: a GPU without bf16 refuses bf16-mixed here.
     device = resolve_device(cfg.trainer.device)
-    precision = resolve_precision(cfg.trainer.precision, device)
+    settings = TrainerSettings.from_config(cfg.trainer, device)
     if cfg.print_config and distributed.rank() == 0:  # once the start is accepted: a refusal logs nothing
         log.info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True).rstrip())
     if resume_path is None and cfg.trainer.resume in (True, "true"):
         log.info("trainer.resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
     container = OmegaConf.to_container(cfg, resolve=True)
+    best_files = True  # the best checkpoints a resumed run ranked are in run_dir
     if resume is not None and not run_dir_lib.inside(resume_path, run_dir):
-        run_dir_lib.adopt_checkpoints(resume_path, resume, run_dir, distributed.rank() == 0)
+        best_files = run_dir_lib.adopt_checkpoints(resume_path, resume, run_dir, distributed.rank() == 0)
     distributed.barrier()  # every rank has looked before rank 0 writes a checkpoint
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
@@ -221,17 +224,18 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run dir: %s | device: %s | precision: %s | %.2fM parameters | %d/%d/%d train/val/test"
              " | %d process(es) x batch %d x %d accumulated | %d CPU threads", run_dir, device,
-             precision, n_params / 1e6, len(data.train),
+             settings.precision, n_params / 1e6, len(data.train),
              len(data.val), len(data.test), distributed.world_size(), cfg.trainer.batch_size,
              cfg.trainer.accumulate_grad_batches, threads)
     if resume is not None:
         log.info("resuming from %s at %s", resume_path, resume["position"])
 
-    trainer = Trainer(model, data, run_dir, trainer_cfg=cfg.trainer, optimizer_cfg=cfg.optimizer,
-                      scheduler_cfg=cfg.scheduler, device=device, seed=cfg.seed, config=container,
-                      logger=logger, stop=stop)
     try:
-        results = trainer.fit(stages, resume=resume)
+        trainer = Trainer(model, data, run_dir, settings=settings,
+                          optimizer=functools.partial(build_optimizer, cfg.optimizer, device=device),
+                          scheduler=instantiate(cfg.scheduler), device=device, seed=cfg.seed,
+                          config=container, logger=logger, stop=stop)
+        results = trainer.fit(stages, resume=resume, best_files=best_files)
         summary = _test_and_summarize(cfg, run_dir, trainer, stages, results, main_rank, built.transferred)
         logger.log_final(hparams, final_metrics(summary), trainer.global_step,
                          [Path(p) for p in summary.get("artifacts", [])])
@@ -263,11 +267,12 @@ def _test_and_summarize(cfg: DictConfig, run_dir: Path, trainer: Any, stages: li
         loader = make_loader(data.test, trainer.eval_batch_size, train=False,
                              num_workers=cfg.trainer.num_workers, device=device)
         with distributed.local_only():  # rank 0 alone: a task's collectives must not wait on others
-            summary["test"] = evaluate(model, final.task, loader, device, trainer.precision,
-                                       limit=cfg.trainer.limit_eval_batches)
+            test = evaluate(model, final.task, loader, device, trainer.precision,
+                            limit=cfg.trainer.limit_eval_batches)
+        summary["test"] = test.metrics
         summary["test_checkpoint"] = str(best_path)
-        if hasattr(final.task, "write_artifacts"):
-            summary["artifacts"] = [str(p) for p in final.task.write_artifacts(run_dir / "artifacts")]
+        if test.artifacts:
+            summary["artifacts"] = [str(p) for p in test.write_artifacts(run_dir / "artifacts")]
     write_json(run_dir / "metrics.json", summary)
     log.info(epoch_log.run_end(summary, time.perf_counter() - trainer.started))
     print_summary(summary)

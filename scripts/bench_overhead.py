@@ -18,6 +18,7 @@ rounds of the ratio within a round). Target: mmtrain within 3 %, a ratio <= 1.03
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -35,7 +36,7 @@ from mmtrain.data.loader import make_loader, to_device
 from mmtrain.engine.logger import MetricLogger
 from mmtrain.engine.optimizer import build_optimizer
 from mmtrain.engine.precision import resolve_device
-from mmtrain.engine.trainer import Trainer
+from mmtrain.engine.trainer import Trainer, TrainerSettings
 from mmtrain.models.model import StageModule, build_model
 
 WARMUP = 2
@@ -86,8 +87,9 @@ def mmtrain_round(cfg: Any, data: Any, device: torch.device, steps: int) -> list
     marks: list[float] = []
     with tempfile.TemporaryDirectory() as run_dir:
         logger = MetricLogger(Path(run_dir))
-        trainer = Trainer(model, data, Path(run_dir), trainer_cfg=cfg.trainer, optimizer_cfg=cfg.optimizer,
-                          scheduler_cfg=cfg.scheduler, device=device, seed=cfg.seed,
+        trainer = Trainer(model, data, Path(run_dir), settings=TrainerSettings.from_config(cfg.trainer, device),
+                          optimizer=functools.partial(build_optimizer, cfg.optimizer, device=device),
+                          scheduler=hydra.utils.instantiate(cfg.scheduler), device=device, seed=cfg.seed,
                           config=OmegaConf.to_container(cfg, resolve=True), logger=logger)
         trainer.train_loader = TimedLoader(trainer.train_loader, marks)
         trainer.fit([stage])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -53,3 +54,30 @@ def synthetic_classifier(tmp_path_factory) -> Path:
 
     run = train(tmp_path_factory.mktemp("classifier") / "run", [*TINY, "~stages.pretrain"])
     return run / "checkpoints/finetune/best.pt"
+
+
+_LEFT_RUNNING: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_running(request):
+    """A child process a test leaves running would make multiprocessing's exit hook wait for
+    it forever (the suite passed, then never exited): name the test that left it."""
+    before = {p.pid for p in multiprocessing.active_children()}
+    yield
+    left = [p for p in multiprocessing.active_children() if p.pid not in before]
+    if left:
+        _LEFT_RUNNING.append(f"{request.node.nodeid}: {', '.join(p.name for p in left)}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _LEFT_RUNNING:
+        terminalreporter.section("child processes left running by tests (killed at exit)")
+        for line in _LEFT_RUNNING:
+            terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config):
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout=10)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from mmtrain.data.synthetic import COLOURS, POSITIONS, SHAPES, SIZES, TEMPLATES
 from tests.helpers import TINY, compose
+
 WORDS = sorted({w for t in TEMPLATES for w in t.replace("{", " ").replace("}", " ").split()}
                | set(COLOURS) | set(SHAPES) | set(SIZES) | {w for p in POSITIONS for w in p.split()})
 
@@ -72,3 +73,37 @@ def pretrained_config(*overrides: str) -> DictConfig:
                if group.startswith(("model/image_encoder=", "model/text_encoder="))]
     tiny = [o for o in TINY if not o.startswith(tuple(swapped))]
     return compose([*tiny, *overrides])
+
+
+# A 2-block, 32-wide CLIP (ViT with 4 px patches, "trained at" 24 px) with CLIP's BPE
+# vocabulary, so open_clip's own tokenizer applies.
+OPEN_CLIP_TINY = {"embed_dim": 16,
+                  "vision_cfg": {"image_size": 24, "layers": 2, "width": 32, "patch_size": 4, "head_width": 16},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+OPEN_CLIP_PREPROCESS = {"mean": [0.40, 0.45, 0.50], "std": [0.20, 0.25, 0.30]}
+
+
+def save_tiny_open_clip(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A tiny open_clip model in open_clip's own formats: a `local-dir:` folder (its
+    open_clip_config.json and open_clip_model.safetensors, as save_for_hf writes them) and a
+    training checkpoint ({"epoch", "state_dict"} with DDP's module. prefix) of the same weights.
+    Its logit scale is not CLIP's init, so a test sees where the scale came from."""
+    import json
+
+    import open_clip
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": OPEN_CLIP_TINY,
+                                                              "preprocess_cfg": OPEN_CLIP_PREPROCESS}))
+    torch.manual_seed(seed)
+    model = open_clip.create_model(f"local-dir:{folder}")
+    with torch.no_grad():
+        model.logit_scale.fill_(3.0)
+    save_config_for_hf(model, folder / "open_clip_config.json", model_config=OPEN_CLIP_TINY)
+    state = model.state_dict()
+    save_file(state, folder / "open_clip_model.safetensors")
+    trained = folder.parent / f"{folder.name}-epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in state.items()}}, trained)
+    return folder, trained

@@ -56,6 +56,7 @@ def test_hydra_help_and_cfg_work_through_the_subcommand(tmp_path):
     (["train", "+model.fusion.dimm=3"], "did you mean model.fusion.dim?"),
     (["eval", "ckpt=best.pt", "splt=val"], "did you mean split?"),
     (["train", "trainer.resume=no/such/run"], "checkpoint or run dir not found: no/such/run"),
+    (["train", "init_from=no/such/run"], "checkpoint or run dir not found: no/such/run (init_from=)"),
 ])
 def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, args, needle):
     (tmp_path / "best.pt").touch()  # exists, so the argument after it is what is wrong

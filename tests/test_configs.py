@@ -18,7 +18,7 @@ from mmtrain.models.model import build_model, model_tokenizer
 from tests.data_helpers import coco_fixture, mnist_imdb_fixture
 from tests.helpers import choices, compose
 from tests.pretrained_models import save_tiny_bert
-from tests.zoo import TINY_BERT
+from tests.zoo import TINY_BERT, tiny_open_clip
 
 GROUPS = ["data", "model/image_encoder", "model/text_encoder", "model/fusion", "stages",
           "optimizer", "scheduler", "trainer"]
@@ -48,6 +48,9 @@ def _offline(cfg) -> None:
         cfg.model.text_encoder.name = str(TINY_BERT)
     if cfg.model.image_encoder._target_.endswith("TimmEncoder"):
         cfg.model.image_encoder.pretrained = False
+    for part in (cfg.model.image_encoder, cfg.model.text_encoder):
+        if part._target_.endswith(("OpenCLIPImageEncoder", "OpenCLIPTextEncoder")):
+            part.name, part.pretrained = f"local-dir:{tiny_open_clip()}", None
 
 
 def _stage_optimizers(cfg, model, stages, total_steps: int = 10) -> list:

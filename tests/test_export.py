@@ -42,13 +42,14 @@ def assert_exported(loaded: Loaded, out: Path, fmt: str = "onnx") -> dict:
     return report
 
 
-@pytest.mark.parametrize("image", ["cnn", "resnet18", pytest.param("vit_tiny", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("image", ["cnn", "resnet18", pytest.param("vit_tiny", marks=pytest.mark.slow),
+                                   "open_clip"])
 def test_every_image_encoder_family_exports_to_onnx_with_parity(image, tmp_path):
     report = assert_exported(zoo_loaded(image=image), tmp_path / "out")
     assert list(report) == ["classifier"]
 
 
-@pytest.mark.parametrize("text", ["bow", "gru", "lstm", "transformer"])
+@pytest.mark.parametrize("text", ["bow", "gru", "lstm", "transformer", "open_clip"])
 def test_every_text_encoder_exports_to_onnx_with_parity_packed_rnns_included(text, tmp_path):
     assert_exported(zoo_loaded(text=text, task="contrastive"), tmp_path / "out")
 

@@ -38,10 +38,8 @@ def test_first_validation_imports_neither_torchmetrics_nor_scipy_nor_matplotlib(
             "from mmtrain.tasks.classification import ClassificationTask\n"
             "from mmtrain.tasks.multitask import MultitaskTask\n"
             "task = ClassificationTask(); task.num_classes = 3; task.name = 'c'; task.label = 'label'\n"
-            "task.per_modality = False\n"
             "class M:\n"
-            "    heads = {'c': lambda x: x}\n"
-            "    def __call__(self, batch): return {'fused': batch['x']}\n"
+            "    def fused_head(self, name, batch): return batch['x']\n"
             "print(task.evaluate(M(), [{'x': torch.randn(8, 3), 'label': torch.randint(0, 3, (8,))}]))\n"
             "print(sorted(m for m in ('torchmetrics', 'scipy', 'matplotlib') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

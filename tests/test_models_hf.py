@@ -196,16 +196,15 @@ def test_a_hub_id_is_handed_to_transformers_own_from_pretrained(bert, monkeypatc
 
 
 @pytest.mark.slow
-def test_an_uncached_hub_id_offline_is_one_clear_line(monkeypatch, tmp_path):
-    from mmtrain.errors import ConfigError
-    from mmtrain.models.model import model_tokenizer
-    from tests.helpers import compose
+def test_an_uncached_hub_id_offline_is_one_clear_line(tmp_path):
+    from tests.helpers import run_cli
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    cfg = compose(["model/text_encoder=hf", "model.text_encoder.name=nobody/no-such-model"])
-    with pytest.raises(ConfigError, match="model.text_encoder.name=nobody/no-such-model: cannot load its tokenizer"):
-        model_tokenizer(cfg.model, cfg.data)
+    # A fresh process: huggingface_hub reads HF_HUB_OFFLINE and HF_HOME once, at import.
+    out = run_cli(["train", "model/text_encoder=hf", "model.text_encoder.name=nobody/no-such-model"],
+                  tmp_path, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")})
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "model.text_encoder.name=nobody/no-such-model: cannot load its tokenizer" in lines[0]
 
 
 def test_a_checkpoints_stored_architecture_passes_only_the_encoders_own_arguments(bert):

@@ -38,7 +38,7 @@ def test_every_fusion_composes_and_backpropagates_with_every_task(fusion, task):
 
 @pytest.mark.parametrize("fusion", ["film", "attention"])
 @pytest.mark.parametrize("image,text", [("cnn", "gru"), ("resnet18", "lstm"), ("resnet34", "transformer"),
-                                        ("vit_tiny", "bow")])
+                                        ("vit_tiny", "bow"), ("open_clip", "open_clip")])
 def test_token_sequences_of_every_encoder_feed_the_fusions_that_attend_over_them(image, text, fusion):
     # Pooled-vector fusions see B x D from any encoder; these two read each encoder's token
     # sequence (and the text's padding mask), the part whose shape differs between encoders.

@@ -14,11 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.errors import ConfigError
 from mmtrain.train import train
-from tests.helpers import (TINY, TINY_TESTED, cli_env, make_config, mmtrain_exe, run_cli, train_in_process,
-                           tree_digest)
+from tests.helpers import (TINY, TINY_TESTED, assert_same_weights, cli_env, make_config, mmtrain_exe, run_cli,
+                           train_in_process, tree_digest, weights)
 from tests.test_trainer_signals import stalled, stop, wait_for
+
+
 def test_a_fresh_run_never_overwrites_a_run_dir_with_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
     train_in_process(run_dir, TINY_TESTED + ["stages.pretrain.epochs=0"])
@@ -179,3 +182,23 @@ def test_resuming_a_foreign_run_dir_whose_saved_config_names_other_callables_is_
     assert "\n" not in line and "optimizer" in line and "os.makedirs" in line, line
     assert not victim.exists() and not (tmp_path / "new" / "checkpoints").exists()
     assert (source / "checkpoints" / "finetune" / "last.pt").read_bytes() == b"never read"
+
+
+def test_a_lone_last_pt_resumed_into_a_new_run_dir_ranks_its_stage_afresh(tmp_path):
+    """A .pt file on its own comes without the best checkpoints its ranking names: the
+    new run ranks only the epochs it validates itself, and still trains exactly on."""
+    save_all = ["trainer.deterministic=true", "trainer.checkpoint.every_n_steps=1",
+                "trainer.checkpoint.keep_last=99", "trainer.checkpoint.keep_best=2"]
+    source = tmp_path / "a"
+    train(make_config(*save_all), source)
+    lone = tmp_path / "lone.pt"
+    # Mid-way through finetune's 2nd epoch: its 1st epoch is ranked (best-epoch001.pt in the source).
+    lone.write_bytes((source / "checkpoints" / "finetune" / "step-0000010.pt").read_bytes())
+    assert [n for _, n in load_checkpoint(lone)["best"]["top"]] == ["best-epoch001.pt"]
+
+    summary = train(make_config(*save_all, f"trainer.resume={lone}"), tmp_path / "b")
+    folder = tmp_path / "b" / "checkpoints" / "finetune"
+    assert [n for _, n in summary["stages"]["finetune"]["best"]["top"]] == ["best-epoch002.pt"]
+    assert summary["stages"]["finetune"]["best"]["epoch"] == 2
+    assert sorted(p.name for p in folder.glob("best*.pt")) == ["best-epoch002.pt", "best.pt"]
+    assert_same_weights(weights(folder / "last.pt"), weights(source / "checkpoints" / "finetune" / "last.pt"))

@@ -57,7 +57,7 @@ def _train_accuracy(blank: tuple[str, ...], epochs: int = 4) -> float:
     model.eval()
     test = make_loader(bundle.test, 300, train=False)
     with torch.no_grad():
-        return task.evaluate(model, (blank_modalities(b, blank, model.image_mean) for b in test))["accuracy"]
+        return task.evaluate(model, (blank_modalities(b, blank, model.image_mean) for b in test)).metrics["accuracy"]
 
 
 @pytest.mark.slow

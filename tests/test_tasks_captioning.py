@@ -96,9 +96,9 @@ def test_a_decoder_that_memorised_its_captions_scores_bleu_one_greedy_and_with_b
     model.eval()
     for beam in (1, 3):
         task.beam_size = beam
-        metrics = task.evaluate(model, [batch])
-        assert metrics["bleu4"] == pytest.approx(1.0), task.examples[:2]
-        assert metrics["cider_d"] > 5.0
+        evaluation = task.evaluate(model, [batch])
+        assert evaluation.metrics["bleu4"] == pytest.approx(1.0), evaluation.artifacts[0].rows[:2]
+        assert evaluation.metrics["cider_d"] > 5.0
 
 
 def test_several_captions_per_image_are_decoded_once_and_scored_together(tmp_path, monkeypatch):
@@ -110,11 +110,12 @@ def test_several_captions_per_image_are_decoded_once_and_scored_together(tmp_pat
     generate = task.generate
     monkeypatch.setattr(task, "generate", lambda m, images: decoded.append(len(images)) or generate(m, images))
     model.eval()
-    metrics = task.evaluate(model, [{k: v[:3] for k, v in batch.items()}, {k: v[3:] for k, v in batch.items()}])
+    evaluation = task.evaluate(model, [{k: v[:3] for k, v in batch.items()}, {k: v[3:] for k, v in batch.items()}])
+    (examples,) = evaluation.artifacts
     assert sum(decoded) == 4
-    assert [len(e["references"]) for e in task.examples] == [2, 2, 2, 2]
-    assert set(metrics) == {"loss", "bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d"}
-    (path,) = task.write_artifacts(tmp_path)
+    assert [len(e["references"]) for e in examples.rows] == [2, 2, 2, 2]
+    assert set(evaluation.metrics) == {"loss", "bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d"}
+    (path,) = evaluation.write_artifacts(tmp_path)
     assert '"references"' in path.read_text()
 
 
@@ -126,10 +127,11 @@ def test_captions_are_scored_against_the_raw_references_not_the_vocabularys_view
     task.references = {20: ["A zebra-striped Kettle, brand new.", "the kettle's lid"],
                        21: ["An OUT-of-vocabulary caption!"]}
     model.eval()
-    metrics = task.evaluate(model, [batch])
-    generated = {e["image"]: e["generated"] for e in task.examples}
-    assert [e["references"] for e in task.examples] == [task.references[20], task.references[21]]
+    evaluation = task.evaluate(model, [batch])
+    (examples,) = evaluation.artifacts
+    generated = {e["image"]: e["generated"] for e in examples.rows}
+    assert [e["references"] for e in examples.rows] == [task.references[20], task.references[21]]
     expected = caption_scores(generated, task.references)
-    assert {k: metrics[k] for k in expected} == expected
-    (path,) = task.write_artifacts(tmp_path)
+    assert {k: evaluation.metrics[k] for k in expected} == expected
+    (path,) = evaluation.write_artifacts(tmp_path)
     assert json.loads(path.read_text())[0]["references"] == task.references[20]

@@ -8,18 +8,17 @@ from torch import nn
 
 from mmtrain.data import DataInfo
 from mmtrain.errors import ConfigError
-from mmtrain.models.model import blank_modalities, drop_modalities
+from mmtrain.models.model import MultimodalModel, blank_modalities, drop_modalities
 from mmtrain.tasks.classification import ClassificationTask
 
 
-class LogitModel(nn.Module):
+class LogitModel(MultimodalModel):
     """A stand-in whose fused output is the batch's `logits` and whose head is the identity."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.fusion = nn.Identity()
-        self.fusion.out_dim = 3
-        self.heads = nn.ModuleDict()
+        fusion = nn.Identity()
+        fusion.out_dim = 3
+        super().__init__(nn.Identity(), nn.Identity(), fusion)
 
     def forward(self, batch):
         return {"fused": batch["logits"]}
@@ -33,10 +32,11 @@ def test_confusion_matrix_counts_and_png(tmp_path):
     target = torch.tensor([0, 0, 1, 1, 2, 2, 2])
     preds = torch.tensor([0, 1, 1, 1, 2, 0, 2])
     batch = {"logits": nn.functional.one_hot(preds, 3).float(), "label": target}
-    metrics = task.evaluate(model, [batch])
-    assert metrics["accuracy"] == pytest.approx(5 / 7)
-    assert task.confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 2]]
-    (path,) = task.write_artifacts(tmp_path)
+    evaluation = task.evaluate(model, [batch])
+    assert evaluation.metrics["accuracy"] == pytest.approx(5 / 7)
+    (confusion,) = evaluation.artifacts
+    assert confusion.counts.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 2]]
+    (path,) = evaluation.write_artifacts(tmp_path)
     assert path.name == "classification_confusion.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
 

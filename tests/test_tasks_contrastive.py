@@ -48,7 +48,7 @@ def test_recall_with_several_captions_per_image_matches_hand_computation():
     # (0) is beaten by B (1); c1 and c2 rank their image first; c3's C (.6) is beaten by A (.8)
     # -> t2i R@1 = 2/4, R@2 = 1. R@10 is left out: there are only 3 images.
     task = ContrastiveTask(embed_dim=3, recall_at=(1, 2, 10), eval_chunk_size=2)
-    m = task.evaluate(FeatureModel(), _batches(with_ids=True))
+    m = task.evaluate(FeatureModel(), _batches(with_ids=True)).metrics
     assert m["i2t_r1"] == pytest.approx(2 / 3) and m["i2t_r2"] == 1.0
     assert m["t2i_r1"] == 0.5 and m["t2i_r2"] == 1.0
     assert "i2t_r10" not in m
@@ -59,7 +59,7 @@ def test_without_image_ids_every_sample_is_its_own_pair():
     # Now sample 0's image is a separate candidate whose only caption is c0 (sim 0): three
     # captions outrank it. i2t ranks 3, 0, 1, 0; t2i ranks 1, 0, 0, 2 (ties do not count).
     task = ContrastiveTask(embed_dim=3, recall_at=(1, 2))
-    m = task.evaluate(FeatureModel(), _batches(with_ids=False))
+    m = task.evaluate(FeatureModel(), _batches(with_ids=False)).metrics
     assert (m["i2t_r1"], m["i2t_r2"]) == (0.5, 0.75)
     assert (m["t2i_r1"], m["t2i_r2"]) == (0.5, 0.75)
 

@@ -8,7 +8,6 @@ import torch
 
 from mmtrain import data as data_lib
 from mmtrain.data.batch import collate
-from mmtrain.engine.contrastive_cache import cached_contrastive_backward
 from mmtrain.models.model import build_model
 from mmtrain.build import build_tasks
 from mmtrain.train import train
@@ -53,7 +52,7 @@ def test_feature_cache_gives_the_full_batch_contrastive_gradient():
     task.training_step(model, batch)["loss"].backward()
     full = _grads(model)
     halves = [{k: v[:8] for k, v in batch.items()}, {k: v[8:] for k, v in batch.items()}]
-    out = cached_contrastive_backward(model, task, halves, contextlib.nullcontext, lambda loss: loss)
+    out = task.cached_backward(model, halves, contextlib.nullcontext, lambda loss: loss)
     cached = _grads(model)
     assert full.keys() == cached.keys()
     for k in full:
@@ -64,3 +63,19 @@ def test_feature_cache_gives_the_full_batch_contrastive_gradient():
     plain = _grads(model)
     assert not torch.allclose(plain["heads.contrastive.logit_scale"], full["heads.contrastive.logit_scale"])
     assert torch.isfinite(out["loss"])
+
+
+def test_trainer_with_the_feature_cache_takes_the_step_of_one_contrastive_batch(tmp_path):
+    # The contrastive stage alone, image encoder frozen (BatchNorm on running statistics):
+    # its loss couples the samples, so only the cache makes 2 x 16 equal one batch of 32.
+    alone = ["~stages.finetune", "stages.pretrain.freeze=[image_encoder]", "stages.pretrain.epochs=2",
+             "optimizer=sgd", "trainer.grad_clip=null"]
+    train(make_config(*alone, "trainer.batch_size=32"), tmp_path / "one")
+    train(make_config(*alone, "trainer.batch_size=16", "trainer.accumulate_grad_batches=2",
+                      "trainer.contrastive_accumulation=cache"), tmp_path / "cached")
+    train(make_config(*alone, "trainer.batch_size=16", "trainer.accumulate_grad_batches=2"), tmp_path / "plain")
+    one, cached, plain = (weights(tmp_path / name / "checkpoints" / "pretrain" / "last.pt")
+                          for name in ("one", "cached", "plain"))
+    for k in one:
+        torch.testing.assert_close(cached[k], one[k], rtol=0, atol=1e-5, msg=k)
+    assert not torch.allclose(plain["heads.contrastive.logit_scale"], one["heads.contrastive.logit_scale"])

@@ -40,3 +40,22 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert train_steps == sorted(set(train_steps)), "a step was logged twice: only rank 0 logs"
     assert "finetune/train/samples_per_s" in logged[0]
     assert json.loads((ddp / "metrics.json").read_text())["test"]["accuracy"] >= 0
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_with_the_feature_cache_match_one_contrastive_batch(tmp_path):
+    # The contrastive loss couples the samples: 2 ranks x 2 micro-batches of 8 give the step of
+    # one batch of 32 only when the cache gathers every rank's and micro-batch's embeddings.
+    alone = ["~stages.finetune", "stages.pretrain.freeze=[image_encoder]", "stages.pretrain.epochs=2",
+             "optimizer=sgd", "trainer.grad_clip=null"]
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mmtrain", "train", *TINY, *alone, "name=ddp", "trainer.batch_size=8",
+           "trainer.accumulate_grad_batches=2", "trainer.contrastive_accumulation=cache"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-3000:]
+    (ddp,) = (tmp_path / "outputs" / "ddp").iterdir()
+    train(make_config(*alone, "trainer.batch_size=32"), tmp_path / "single")
+    a = weights(tmp_path / "single" / "checkpoints" / "pretrain" / "last.pt")
+    b = weights(ddp / "checkpoints" / "pretrain" / "last.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=k)

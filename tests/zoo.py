@@ -16,10 +16,12 @@ from mmtrain.config import check_train_config
 from mmtrain.data.batch import collate
 from mmtrain.models.model import build_model, model_tokenizer
 from tests.helpers import compose
-from tests.pretrained_models import save_tiny_bert
+from tests.pretrained_models import save_tiny_bert, save_tiny_open_clip
 
 # The tiny Hugging Face model the `hf` choice loads: written once per test process.
 TINY_BERT = Path(tempfile.gettempdir()) / f"mmtrain-tiny-bert-{os.getpid()}"
+# The tiny open_clip model (a local-dir: folder) the `open_clip` choices load, likewise.
+TINY_OPEN_CLIP = Path(tempfile.gettempdir()) / f"mmtrain-tiny-open-clip-{os.getpid()}"
 
 # Tiny widths for every choice, so a CPU test builds and trains them in well under a second.
 TINY_CHOICES = {
@@ -32,6 +34,7 @@ TINY_CHOICES = {
         "vit_b_16": [],
         "timm": ["name=vit_tiny_patch16_224", "pretrained=false",
                  "model_kwargs={embed_dim:32,depth:1,num_heads:2,patch_size:4,img_size:16}"],
+        "open_clip": [f"name=local-dir:{TINY_OPEN_CLIP}", "pretrained=null"],
     },
     "model/text_encoder": {
         "bow": ["dim=32"],
@@ -39,6 +42,7 @@ TINY_CHOICES = {
         "lstm": ["embed_dim=16", "hidden_dim=16"],
         "transformer": ["dim=32", "depth=1", "heads=2", "dropout=0.0"],
         "hf": [f"name={TINY_BERT}"],
+        "open_clip": [f"name=local-dir:{TINY_OPEN_CLIP}", "pretrained=null"],
     },
     "model/fusion": {
         "concat": ["dim=32", "dropout=0.0"], "sum": ["dim=32", "dropout=0.0"],
@@ -68,9 +72,18 @@ def compose_config(image: str = "cnn", text: str = "bow", fusion: str = "concat"
     overrides += extra or []
     if text == "hf" and not (TINY_BERT / "config.json").is_file():
         save_tiny_bert(TINY_BERT)
+    if "open_clip" in (image, text):
+        tiny_open_clip()
     cfg = compose(overrides)
     check_train_config(cfg)
     return cfg
+
+
+def tiny_open_clip() -> Path:
+    """The tiny open_clip folder of this process, written on first use."""
+    if not (TINY_OPEN_CLIP / "open_clip_config.json").is_file():
+        save_tiny_open_clip(TINY_OPEN_CLIP)
+    return TINY_OPEN_CLIP
 
 
 def build(cfg: DictConfig) -> tuple[Any, Any, data_lib.DataBundle]:

@@ -31,6 +31,9 @@ class DataInfo:
     image_std: tuple[float, ...] = (0.5,)
     modality_labels: dict[str, str] = field(default_factory=dict)
     """Modality -> the label it alone determines (image -> digit): the multitask targets."""
+    prompt_templates: dict[str, list[str]] = field(default_factory=dict)
+    """Label key -> zero-shot prompts ({} = the class name), as OpenAI's CLIP writes them per
+    dataset: `mmtrain eval zero_shot=true` averages a class's prompts."""
     references: dict[int, list[str]] = field(default_factory=dict, repr=False)
     """image_id -> its raw reference captions (val and test images of a caption set): what
     caption metrics score against, never the tokenizer's view of them."""

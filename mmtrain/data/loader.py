@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import signal
 import weakref
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -20,7 +21,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
     fixed number of negatives); evaluation loaders keep every sample, in order."""
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size,
                            epoch_tagged=train and getattr(dataset, "varies_by_epoch", False))
-    loader = DataLoader(
+    return _TrackedLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=train, collate_fn=collate,
         num_workers=num_workers, persistent_workers=num_workers > 0,
         pin_memory=device is not None and device.type == "cuda",
@@ -29,9 +30,6 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=ignore_stop_signals,
     )
-    if num_workers > 0:
-        _WITH_WORKERS.add(loader)
-    return loader
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -42,7 +40,19 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-_WITH_WORKERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+class _TrackedLoader(DataLoader):
+    """Remembers its worker iterators: an iterator can outlive its loader (a kept traceback
+    holds the step loop's frame, a notebook keeps a variable), and its workers must still be
+    ended at exit."""
+
+    def _get_iterator(self) -> Any:  # torch's one place that makes an iterator
+        iterator = super()._get_iterator()
+        if self.num_workers > 0:
+            _WORKER_ITERATORS.add(iterator)
+        return iterator
+
+
+_WORKER_ITERATORS: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 @atexit.register
@@ -51,10 +61,7 @@ def _end_workers() -> None:
     stopped by a signal or an error) delays past this point; multiprocessing would then
     SIGTERM them, which they ignore, and wait forever. End them first: registered after
     multiprocessing's and torch's exit hooks, this runs before both."""
-    for loader in list(_WITH_WORKERS):
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is None or not hasattr(iterator, "_shutdown_workers"):
-            continue
+    for iterator in list(_WORKER_ITERATORS):
         iterator._shutdown_workers()
         for worker in getattr(iterator, "_workers", []):
             if worker.is_alive():  # stuck: SIGTERM would be ignored

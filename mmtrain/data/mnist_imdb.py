@@ -130,6 +130,10 @@ def make_target(target: str, digit: torch.Tensor, sentiment: torch.Tensor) -> to
     return sentiment
 
 
+# OpenAI's CLIP prompt for MNIST (its zero-shot evaluation's).
+DIGIT_PROMPTS = ['a photo of the number: "{}".']
+
+
 def target_names(target: str) -> list[str]:
     if target == "joint":
         return [f"{d}-{s}" for d in range(10) for s in SENTIMENTS]
@@ -211,6 +215,7 @@ def build_mnist_imdb(
         class_names={"label": names, "digit": target_names("digit"), "sentiment": list(SENTIMENTS)},
         image_mean=(0.1307,), image_std=(0.3081,),
         modality_labels={"image": "digit", "text": "sentiment"},
+        prompt_templates={key: DIGIT_PROMPTS for key in ("digit", "label") if key == "digit" or target == "digit"},
     )
     return DataBundle(splits["train"], splits["val"], splits["test"], tokenizer, info)
 

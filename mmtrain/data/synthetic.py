@@ -107,6 +107,7 @@ def build_synthetic(
         image_channels=3, image_size=image_size, vocab_size=tokenizer.vocab_size,
         pad_id=tokenizer.pad_id, num_classes={"label": len(SHAPES)},
         class_names={"label": list(SHAPES)},
+        prompt_templates={"label": ["a {}.", "a {} shape.", "a drawing of a {}.", "a photo of a {}."]},
         image_mean=(0.2, 0.2, 0.2), image_std=(0.3, 0.3, 0.3),
     )
     return DataBundle(splits["train"], splits["val"], splits["test"], tokenizer, info)

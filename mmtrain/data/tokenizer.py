@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, WordLevel
 from tokenizers.trainers import BpeTrainer, WordLevelTrainer
 
@@ -84,6 +84,11 @@ def pretrained_tokenizer(name: str, max_length: int, what: str = "model.text_enc
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{what}.name={name}: cannot load its tokenizer ({first})") from None
+    return hf_tokenizer(hf, max_length, name, what)
+
+
+def hf_tokenizer(hf: Any, max_length: int, name: str, what: str = "model.text_encoder") -> TextTokenizer:
+    """A loaded transformers tokenizer as a TextTokenizer (a copy of its fast backend)."""
     if not hf.is_fast:
         raise ConfigError(f"{what}.name={name} has no fast tokenizer (tokenizer.json): save one "
                           f"with AutoTokenizer.from_pretrained(..., use_fast=True).save_pretrained")
@@ -98,6 +103,31 @@ def pretrained_tokenizer(name: str, max_length: int, what: str = "model.text_enc
                 "eos": hf.sep_token or hf.eos_token or pad}
     # A copy of the backend, so its truncation/padding settings are ours alone.
     return TextTokenizer(Tokenizer.from_str(hf.backend_tokenizer.to_str()), max_length, specials)
+
+
+# OpenAI CLIP's word split: contractions, letter runs, single digits, other symbol runs.
+CLIP_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def clip_bpe_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], bos: str, eos: str,
+                       max_length: int) -> TextTokenizer:
+    """OpenAI CLIP's byte-level BPE (open_clip's SimpleTokenizer) as a fast tokenizer: NFC,
+    whitespace runs to one space, lowercase; CLIP's word split; bytes mapped to characters;
+    BPE with an end-of-word suffix; bos ... eos around every text. It gives SimpleTokenizer's
+    ids for any text that its ftfy/HTML-entity repair leaves unchanged."""
+    tok = Tokenizer(BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>",
+                        continuing_subword_prefix="", fuse_unk=False))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Strip(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_WORDS), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.add_special_tokens([bos, eos])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])])
+    tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Replace("</w>", " "),
+                                     decoders.Strip(" ", 0, 1)])
+    return TextTokenizer(tok, max_length, {"pad": eos, "unk": eos, "bos": bos, "eos": eos})
 
 
 def fit_tokenizer(texts: list[str], **options: Any) -> TextTokenizer:

@@ -38,14 +38,6 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     return None
 
 
-def count_train_flops(step: Callable[[], torch.Tensor]) -> int:
-    """FLOPs of one forward + backward: `step()` returns the loss to differentiate."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step().backward()
-    return counter.get_total_flops()
-
-
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak tensor memory on a GPU; on the CPU the process's peak resident set size."""
     if device.type == "cuda":
@@ -55,14 +47,36 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 class ThroughputMeter:
     """Times an interval of steps. `data_wait()` is told how long fetching a batch took; `read()` is called at
-    a log step, after the host has synced with the device, so the wall time is real."""
+    a log step, after the host has synced with the device, so the wall time is real. With the
+    device's peak and the model's FLOPs per sample (`count_flops`) it also reads MFU."""
 
-    def __init__(self, device: torch.device, world_size: int = 1) -> None:
+    def __init__(self, device: torch.device, world_size: int = 1, peak: float | None = None) -> None:
         self.device = device
         self.world_size = world_size
+        self.peak = peak
+        """The device's peak FLOP/s (`peak_flops`); None: no MFU."""
         self.flops_per_sample: float | None = None
-        self.peak: float | None = None
         self.reset()
+
+    def count_flops(self, model: torch.nn.Module, step: Callable[[], tuple[torch.Tensor, int]]) -> None:
+        """Count the training FLOPs per sample once, for MFU (nothing without a known peak).
+
+        `step()` runs the training forward on a batch shaped like a training one and returns
+        (loss, samples); the backward follows. The run is not disturbed: the RNG is forked,
+        the model's buffers (BatchNorm statistics) are restored and its gradients cleared."""
+        if not self.peak:
+            return
+        buffers = [b.detach().clone() for b in model.buffers()]
+        counter = FlopCounterMode(display=False)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with counter:
+                loss, samples = step()
+                loss.backward()
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
+        model.zero_grad(set_to_none=True)
+        self.flops_per_sample = counter.get_total_flops() / samples
 
     def reset(self) -> None:
         self.start = time.perf_counter()

@@ -14,12 +14,23 @@ passed too; `film` and `attention` use them, the others use the pooled vectors.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from mmtrain.errors import ConfigError
+
+
+@runtime_checkable
+class PerModalityFusion(Protocol):
+    """A fusion whose modalities never interact, which can give each one's features apart:
+    `MultimodalModel` then puts a task's fused head on each modality and averages their
+    outputs (a late fusion of decisions). Checked once, when the model is built."""
+
+    out_dim: int
+
+    def per_modality(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def _mlp(in_dim: int, dim: int, dropout: float) -> nn.Sequential:
@@ -169,8 +180,8 @@ class BilinearFusion(nn.Module):
 
 class LateFusion(nn.Module):
     """Late fusion: each modality goes through its own MLP tower to `dim` and the two never
-    interact. `forward` averages them; `per_modality` gives them apart, so a task can put one
-    head on each and combine their logits (the classification task does)."""
+    interact. `forward` averages them; `per_modality` gives them apart, so the model puts a
+    task's fused head on each and averages their outputs (`MultimodalModel.fused_head`)."""
 
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, dropout: float = 0.0) -> None:
         super().__init__()

@@ -8,6 +8,7 @@ torchvision's `pretrained=PATH` loads a local weights file: nothing is fetched a
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.models import EncoderOutput
+from mmtrain.models import EncoderOutput, openclip
 from mmtrain.weights import load_state
 
 log = logging.getLogger("mmtrain")
@@ -279,3 +280,60 @@ class TimmEncoder(nn.Module):
         else:
             tokens = features[:, self.prefix_tokens:]
         return EncoderOutput(pooled=self.proj(pooled), tokens=self.proj(tokens))
+
+
+class OpenCLIPImageEncoder(nn.Module):
+    """The image tower of an open_clip model (`name=ViT-B-32 pretrained=laion2b_s34b_b79k`, a
+    local weights file, `hf-hub:ORG/REPO` or `local-dir:FOLDER`; see mmtrain/models/openclip.py).
+
+    Pooled = open_clip's `encode_image` (its projection into the shared space, not normalized);
+    tokens = a ViT's patch tokens through the same projection (the pooled vector alone for towers
+    without them). Images are normalized with the model's preprocessing mean/std and the data
+    follows its input size; a grey image is fed as three equal channels. Paired with
+    `model/text_encoder=open_clip` of the same model, ContrastiveTask keeps the model's shared
+    space and logit scale instead of adding projections.
+    """
+
+    def __init__(self, name: str, in_channels: int = 3, image_size: int = 224,
+                 pretrained: Union[bool, str, None] = None, grad_checkpointing: bool = False,
+                 model_config: Optional[str] = None) -> None:
+        super().__init__()
+        model, self.model_config = openclip.load(name, pretrained, model_config, image_size,
+                                                  "model.image_encoder")
+        self.visual = model.visual
+        self.joint_space = openclip.joint_space(model)
+        self.in_channels = in_channels
+        if hasattr(self.visual, "output_tokens"):
+            self.visual.output_tokens = True
+        if grad_checkpointing:
+            self.visual.set_grad_checkpointing(True)
+        preprocess = json.loads(self.model_config)["preprocess_cfg"]
+        self.image_mean, self.image_std = TimmEncoder._per_channel(preprocess, in_channels)
+        if preprocess.get("interpolation", "bicubic") != "bilinear":
+            log.info("model.image_encoder: %s was trained on %s-resized images; the data resizes "
+                     "bilinearly (antialiased)", name, preprocess.get("interpolation"))
+        self.out_dim = self.joint_space["embed_dim"]
+
+    @staticmethod
+    def data_config(name: str, pretrained: Union[bool, str, None] = None, **_: Any) -> dict[str, Any]:
+        """The model's input size, for the data to follow, when weights are loaded."""
+        loaded = name.startswith(("hf-hub:", "local-dir:")) or \
+            openclip.weights_path(pretrained, "model.image_encoder") is not None
+        return {"image_size": openclip.native_image_size(name, "model.image_encoder")} if loaded else {}
+
+    def architecture(self) -> dict[str, Any]:
+        """The open_clip config: rebuilds the tower with no name lookup and no download."""
+        return {"model_config": self.model_config, "pretrained": None}
+
+    def layer_ids(self) -> dict[str, int]:
+        """Parameter name -> depth for layer-wise lr decay (openclip.resblock_ids)."""
+        return openclip.resblock_ids(self.named_parameters())
+
+    def forward(self, images: torch.Tensor) -> EncoderOutput:
+        if self.in_channels == 1:
+            images = images.expand(-1, 3, -1, -1)
+        out = self.visual(images)
+        pooled, tokens = out if isinstance(out, tuple) else (out, None)
+        if tokens is not None:
+            tokens = openclip.project_tokens(tokens, getattr(self.visual, "proj", None), pooled.shape[-1])
+        return EncoderOutput(pooled=pooled, tokens=pooled[:, None] if tokens is None else tokens)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import hydra.utils
 import torch
@@ -15,6 +15,7 @@ from mmtrain.data import DataInfo
 from mmtrain.data.tokenizer import TOKENIZER_OPTIONS, TextTokenizer
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.models import EncoderOutput
+from mmtrain.models.fusion import PerModalityFusion
 
 MODALITIES = ("image", "text")
 
@@ -33,6 +34,8 @@ class MultimodalModel(nn.Module):
         self.text_encoder = text_encoder
         self.fusion = fusion
         self.heads = nn.ModuleDict()
+        self.heads_per_modality = isinstance(fusion, PerModalityFusion)
+        """Late fusion: a fused head is one head per modality (see `add_fused_head`)."""
         self.register_buffer("image_mean", torch.tensor(list(image_mean)).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(list(image_std)).view(1, -1, 1, 1), persistent=False)
 
@@ -58,11 +61,35 @@ class MultimodalModel(nn.Module):
         text = self.encode_text(batch["text"], batch["text_lengths"])
         return {"image": image, "text": text, "fused": self.fuse(image, text)}
 
+    def add_fused_head(self, name: str, make: Callable[[int], nn.Module]) -> None:
+        """Put a task's head on the fused features at `heads[name]`; `make(width)` builds one.
+        A fusion whose modalities never interact (late fusion) gets one head per modality."""
+        dim = self.fusion.out_dim
+        self.heads[name] = nn.ModuleDict({m: make(dim) for m in MODALITIES}) if self.heads_per_modality \
+            else make(dim)
+
+    def fused_head(self, name: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`heads[name]` on the batch's fused features; under late fusion, the mean of each
+        modality's head on that modality's own features."""
+        head = self.heads[name]
+        if not self.heads_per_modality:
+            return head(self(batch)["fused"])
+        image = self.encode_image(batch["image"]).pooled
+        text = self.encode_text(batch["text"], batch["text_lengths"]).pooled
+        image_part, text_part = self.fusion.per_modality(image, text)
+        return 0.5 * (head["image"](image_part) + head["text"](text_part))
+
+
+class TrainingStep(Protocol):
+    """What `StageModule` needs of a task (`mmtrain.tasks.Task`, a layer above, declares it)."""
+
+    def training_step(self, model: MultimodalModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
 
 class StageModule(nn.Module):
     """The model and one task's loss as a single module, so DDP sees every forward."""
 
-    def __init__(self, model: MultimodalModel, task: Any) -> None:
+    def __init__(self, model: MultimodalModel, task: TrainingStep) -> None:
         super().__init__()
         self.model = model
         self.task = task

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmtrain.data.tokenizer import TextTokenizer, pretrained_tokenizer
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.models import EncoderOutput
+from mmtrain.models import EncoderOutput, openclip
 
 
 def _padding_mask(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -287,4 +287,62 @@ class HFTextEncoder(nn.Module):
                 raise ConfigError(f"model.text_encoder.pooling=pooler: {self.name} has no pooler; "
                                   f"use cls or mean")
             pooled = self.proj(pooler)
+        return EncoderOutput(pooled=pooled, tokens=tokens, mask=mask)
+
+
+class OpenCLIPTextEncoder(nn.Module):
+    """The text tower of an open_clip model (same names and weights as
+    `model/image_encoder=open_clip`; see mmtrain/models/openclip.py), with open_clip's tokenizer
+    (CLIP's BPE, or the model's Hugging Face one) as the data's tokenizer.
+
+    Texts are laid out as open_clip lays them out (padded with the model's pad id to its
+    context length), so pooled = open_clip's `encode_text` (projected, not normalized);
+    tokens = the final-norm token states through the same projection, with the padding mask.
+    """
+
+    def __init__(self, name: str, vocab_size: int, pad_id: int = 0,
+                 pretrained: Any = None, grad_checkpointing: bool = False,
+                 model_config: Optional[str] = None) -> None:
+        super().__init__()
+        # At the model's own image size: the data's does not change the text tower.
+        model, self.model_config = openclip.load(name, pretrained, model_config, None,
+                                                  "model.text_encoder")
+        self.name = name
+        self.text = model.text
+        self.joint_space = openclip.joint_space(model)
+        if vocab_size > self.text.vocab_size:
+            raise ConfigError(f"model.text_encoder.name={name} embeds {self.text.vocab_size} token ids but "
+                              f"the data's tokenizer has {vocab_size}: the text must be tokenized with "
+                              f"this model's own tokenizer")
+        self.text.output_tokens = True
+        if grad_checkpointing:
+            self.text.set_grad_checkpointing(True)
+        self.context_length = int(self.text.context_length)
+        self.out_dim = self.joint_space["embed_dim"]
+
+    @staticmethod
+    def load_tokenizer(name: str, max_length: int, **_: Any) -> TextTokenizer:
+        """open_clip's tokenizer for the model: the data pipeline tokenizes with it."""
+        return openclip.tokenizer(name, max_length, "model.text_encoder")
+
+    def architecture(self) -> dict[str, Any]:
+        """The open_clip config: rebuilds the tower with no name lookup and no download."""
+        return {"model_config": self.model_config, "pretrained": None}
+
+    def layer_ids(self) -> dict[str, int]:
+        """Parameter name -> depth for layer-wise lr decay (as OpenCLIPImageEncoder's)."""
+        return openclip.resblock_ids(self.named_parameters())
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        steps = ids.shape[1]
+        if steps > self.context_length:
+            raise ConfigError(f"text of {steps} tokens is longer than {self.name} accepts "
+                              f"({self.context_length}): lower data.tokenizer_options.max_length")
+        mask = _padding_mask(ids, lengths)
+        text = ids.new_full((ids.shape[0], self.context_length), self.text.pad_id)
+        text[:, :steps] = ids.masked_fill(~mask, self.text.pad_id)
+        pooled, tokens = self.text(text)
+        tokens = openclip.project_tokens(tokens[:, :steps], self.text.text_projection, pooled.shape[-1])
+        if tokens is None:
+            tokens, mask = pooled[:, None], mask[:, :1]
         return EncoderOutput(pooled=pooled, tokens=tokens, mask=mask)

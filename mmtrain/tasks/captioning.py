@@ -10,6 +10,7 @@ caption of an image: batches with `image_id` group COCO's five per image, and th
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -21,6 +22,8 @@ from mmtrain.data import DataInfo
 from mmtrain.data.tokenizer import BOS, EOS, SPECIALS
 from mmtrain.errors import ConfigError
 from mmtrain.metrics import caption_scores
+from mmtrain.models.model import MultimodalModel
+from mmtrain.tasks import Batch, Evaluation, Task
 
 
 class CaptionDecoder(nn.Module):
@@ -89,7 +92,24 @@ def beam_search(step: Callable[[torch.Tensor], torch.Tensor], batch_size: int, b
     return out
 
 
-class CaptioningTask:
+@dataclass
+class CaptionExamples:
+    """Every image of an evaluation: its generated caption next to the raw references it was
+    scored against, as `<task>_examples.json`, so the split can be rescored with any tool
+    (coco-caption's own included)."""
+
+    rows: list[dict[str, Any]]
+    """{"image": key, "generated": text, "references": [text, ...]} per image."""
+    task: str
+
+    def write(self, out_dir: Path) -> Path:
+        path = out_dir / f"{self.task}_examples.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.rows, indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+class CaptioningTask(Task):
     """Teacher-forced cross-entropy; coco-caption's BLEU-1..4, ROUGE-L and CIDEr-D of decoded captions."""
 
     monitor = "cider_d"
@@ -108,10 +128,8 @@ class CaptioningTask:
         """Decoder positions: [BOS] plus the longest caption it trains on or generates."""
         self.max_decode_length = max_decode_length
         self.name = name
-        self.examples: list[dict[str, Any]] = []
-        """Every image of the latest `evaluate`: its generated caption and the references scored."""
 
-    def attach(self, model: Any, info: DataInfo) -> None:
+    def attach(self, model: MultimodalModel, info: DataInfo) -> None:
         dim, heads = self.decoder_options["dim"], self.decoder_options["heads"]
         if dim % heads:
             raise ConfigError(f"{self.name} task: dim={dim} must be a multiple of heads={heads}")
@@ -138,7 +156,7 @@ class CaptioningTask:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.tokenizer is not None else " ".join(map(str, ids))
 
-    def training_step(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, model: MultimodalModel, batch: Batch) -> dict[str, torch.Tensor]:
         decoder = model.heads[self.name]
         memory = decoder.memory(model.encode_image(batch["image"]).tokens)
         inputs, target = self._teacher_forcing(batch["text"], batch["text_lengths"])
@@ -155,7 +173,7 @@ class CaptioningTask:
         target[torch.arange(b, device=ids.device), lengths] = self.eos_id
         return inputs, target
 
-    def generate(self, model: Any, images: torch.Tensor, beam_size: int | None = None) -> list[list[int]]:
+    def generate(self, model: MultimodalModel, images: torch.Tensor, beam_size: int | None = None) -> list[list[int]]:
         """Caption ids for uint8 images B x C x H x W (beam_size 1: greedy)."""
         k = beam_size or self.beam_size
         decoder = model.heads[self.name]
@@ -168,7 +186,7 @@ class CaptioningTask:
                            device=images.device)
 
     @torch.no_grad()
-    def evaluate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+    def evaluate(self, model: MultimodalModel, batches: Iterable[Batch]) -> Evaluation:
         """Token-level loss; caption scores with one generated caption per distinct image.
 
         References are the data's raw captions of each image (`DataInfo.references`); a set
@@ -204,15 +222,6 @@ class CaptioningTask:
                 for i, out in zip(new, self.generate(model, batch["image"].index_select(0, index))):
                     generated[keys[i]] = self.decode(out)
         references = {k: decoded_refs[k] if k in decoded_refs else self.references[k] for k in generated}
-        self.examples = [{"image": k, "generated": generated[k], "references": references[k]} for k in generated]
-        return {"loss": float(loss / max(1, tokens)), **caption_scores(generated, references)}
-
-    def write_artifacts(self, out_dir: Path) -> list[Path]:
-        """Every image's generated caption of the latest evaluation next to its raw references,
-        so the split can be rescored with any tool (coco-caption's own included)."""
-        if not self.examples:
-            return []
-        path = Path(out_dir) / f"{self.name}_examples.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.examples, indent=2) + "\n", encoding="utf-8")
-        return [path]
+        examples = [{"image": k, "generated": generated[k], "references": references[k]} for k in generated]
+        metrics = {"loss": float(loss / max(1, tokens)), **caption_scores(generated, references)}
+        return Evaluation(metrics, [CaptionExamples(examples, self.name)] if examples else [])

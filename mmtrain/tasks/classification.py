@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,8 @@ from torch import nn
 from mmtrain.data import DataInfo
 from mmtrain.errors import ConfigError
 from mmtrain.metrics import accuracy, confusion_matrix, macro_f1
-from mmtrain.models.model import MODALITIES, drop_modalities
+from mmtrain.models.model import MultimodalModel, drop_modalities
+from mmtrain.tasks import Batch, Evaluation, Task
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, title: str = "") -> None:
@@ -44,10 +46,26 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, 
     plt.close(fig)
 
 
-class ClassificationTask:
+@dataclass
+class ConfusionMatrix:
+    """An evaluation's C x C counts (rows: true class), written as `<task>_confusion.png`."""
+
+    counts: torch.Tensor
+    class_names: list[str]
+    task: str
+    title: str = ""
+
+    def write(self, out_dir: Path) -> Path:
+        path = out_dir / f"{self.task}_confusion.png"
+        plot_confusion(self.counts, self.class_names, path, title=self.title)
+        return path
+
+
+class ClassificationTask(Task):
     """Cross-entropy on `label` from the fused features; accuracy, macro-F1, a confusion matrix.
 
-With `model/fusion=late` each modality gets its own head and the logits are averaged.
+    The head sits on the model's fused features (`MultimodalModel.add_fused_head`): with
+    `model/fusion=late` that is one head per modality, their logits averaged.
 
     `modality_dropout=p` blanks one modality of a training sample with probability p, so the
     model still works when an input is missing (see `mmtrain eval ablate=true`).
@@ -66,12 +84,9 @@ With `model/fusion=late` each modality gets its own head and the logits are aver
         self.modality_dropout = modality_dropout
         self.name = name
         self.num_classes = 0
-        self.per_modality = False
         self.class_names: list[str] = []
-        self.confusion: torch.Tensor | None = None
-        """C x C counts (rows: true class) from the latest `evaluate`."""
 
-    def attach(self, model: Any, info: DataInfo) -> None:
+    def attach(self, model: MultimodalModel, info: DataInfo) -> None:
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise ConfigError(f"{self.name} task: modality_dropout={self.modality_dropout} must be a "
                               f"probability in [0, 1]")
@@ -81,12 +96,7 @@ With `model/fusion=late` each modality gets its own head and the logits are aver
         self.num_classes = info.num_classes[self.label]
         self.class_names = list(info.class_names.get(self.label, [])) or \
             [str(i) for i in range(self.num_classes)]
-        # A late fusion keeps the modalities apart: one head on each, logits averaged.
-        self.per_modality = hasattr(model.fusion, "per_modality")
-        if self.per_modality:
-            model.heads[self.name] = nn.ModuleDict({m: self._head(model.fusion.out_dim) for m in MODALITIES})
-        else:
-            model.heads[self.name] = self._head(model.fusion.out_dim)
+        model.add_fused_head(self.name, self._head)
 
     def _head(self, dim: int) -> nn.Module:
         if not self.hidden_dim:
@@ -94,40 +104,29 @@ With `model/fusion=late` each modality gets its own head and the logits are aver
         return nn.Sequential(nn.Linear(dim, self.hidden_dim), nn.GELU(), nn.Dropout(self.dropout),
                              nn.Linear(self.hidden_dim, self.num_classes))
 
-    def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        head = model.heads[self.name]
-        if not self.per_modality:
-            return head(model(batch)["fused"])
-        image = model.encode_image(batch["image"]).pooled
-        text = model.encode_text(batch["text"], batch["text_lengths"]).pooled
-        image_part, text_part = model.fusion.per_modality(image, text)
-        return 0.5 * (head["image"](image_part) + head["text"](text_part))
+    def logits(self, model: MultimodalModel, batch: Batch) -> torch.Tensor:
+        """B x num_classes (also predict and the exported classifier graph)."""
+        return model.fused_head(self.name, batch)
 
-    def training_step(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, model: MultimodalModel, batch: Batch) -> dict[str, torch.Tensor]:
         logits = self.logits(model, drop_modalities(batch, self.modality_dropout, model.image_mean))
         target = batch[self.label]
         loss = F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
         return {"loss": loss, "accuracy": (logits.argmax(-1) == target).float().mean()}
 
     @torch.no_grad()
-    def evaluate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+    def evaluate(self, model: MultimodalModel, batches: Iterable[Batch]) -> Evaluation:
         all_logits, targets = [], []
         for batch in batches:
             all_logits.append(self.logits(model, batch).float())
             targets.append(batch[self.label])
         logits, target = torch.cat(all_logits), torch.cat(targets)
         preds = logits.argmax(-1)
-        self.confusion = confusion_matrix(preds, target, self.num_classes).cpu()
-        return {
+        confusion = confusion_matrix(preds, target, self.num_classes).cpu()
+        metrics = {
             "loss": float(F.cross_entropy(logits, target)),
-            "accuracy": accuracy(self.confusion),
-            "macro_f1": macro_f1(self.confusion),
+            "accuracy": accuracy(confusion),
+            "macro_f1": macro_f1(confusion),
         }
-
-    def write_artifacts(self, out_dir: Path) -> list[Path]:
-        """The latest evaluation's confusion matrix as `<name>_confusion.png` in `out_dir`."""
-        if self.confusion is None:
-            return []
-        path = Path(out_dir) / f"{self.name}_confusion.png"
-        plot_confusion(self.confusion, self.class_names, path, title=f"{self.name}: {self.label}")
-        return [path]
+        return Evaluation(metrics, [ConfusionMatrix(confusion, self.class_names, self.name,
+                                                    title=f"{self.name}: {self.label}")])

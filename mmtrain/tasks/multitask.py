@@ -7,7 +7,7 @@ Which label goes with which modality comes from the dataset (`DataInfo.modality_
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +15,11 @@ from torch import nn
 
 from mmtrain.data import DataInfo
 from mmtrain.errors import ConfigError
+from mmtrain.models.model import MultimodalModel
+from mmtrain.tasks import Batch, Evaluation, Task
 
 
-class MultitaskTask:
+class MultitaskTask(Task):
     """Sum of per-modality cross-entropies (optionally weighted); accuracy per modality."""
 
     monitor = "mean_accuracy"
@@ -32,7 +34,7 @@ class MultitaskTask:
         self.labels: dict[str, str] = {}
         self.num_classes: dict[str, int] = {}
 
-    def attach(self, model: Any, info: DataInfo) -> None:
+    def attach(self, model: MultimodalModel, info: DataInfo) -> None:
         if not info.modality_labels:
             raise ConfigError("task multitask needs a dataset whose modalities each determine a label "
                               "(DataInfo.modality_labels), e.g. data=mnist_imdb; this one has none")
@@ -51,7 +53,7 @@ class MultitaskTask:
                                if self.hidden_dim else nn.Linear(dim, n))
         model.heads[self.name] = heads
 
-    def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def logits(self, model: MultimodalModel, batch: Batch) -> dict[str, torch.Tensor]:
         heads = model.heads[self.name]
         out = {}
         if "image" in self.labels:
@@ -60,7 +62,7 @@ class MultitaskTask:
             out["text"] = heads["text"](model.encode_text(batch["text"], batch["text_lengths"]).pooled)
         return out
 
-    def training_step(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, model: MultimodalModel, batch: Batch) -> dict[str, torch.Tensor]:
         result: dict[str, torch.Tensor] = {}
         loss = 0.0
         for modality, logits in self.logits(model, batch).items():
@@ -73,7 +75,7 @@ class MultitaskTask:
         return result
 
     @torch.no_grad()
-    def evaluate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+    def evaluate(self, model: MultimodalModel, batches: Iterable[Batch]) -> Evaluation:
         logits: dict[str, list[torch.Tensor]] = {m: [] for m in self.labels}
         targets: dict[str, list[torch.Tensor]] = {m: [] for m in self.labels}
         for batch in batches:
@@ -89,4 +91,4 @@ class MultitaskTask:
             metrics[f"{modality}_accuracy"] = float((lg.argmax(-1) == tg).double().mean()) if len(tg) else 0.0
         metrics["loss"] = loss
         metrics["mean_accuracy"] = sum(metrics[f"{m}_accuracy"] for m in self.labels) / len(self.labels)
-        return metrics
+        return Evaluation(metrics)
