@@ -12,7 +12,7 @@ the whole accumulated batch, the GradCache trick (open_clip's `--accum-freq`): s
 from __future__ import annotations
 
 import math
-from typing import Callable, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 import torch.distributed
