@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -56,25 +57,15 @@ def synthetic_classifier(tmp_path_factory) -> Path:
     return run / "checkpoints/finetune/best.pt"
 
 
-_LEFT_RUNNING: list[str] = []
-
-
 @pytest.fixture(autouse=True)
-def _no_process_left_running(request):
+def _no_process_left_running():
     """A child process a test leaves running would make multiprocessing's exit hook wait for
     it forever (the suite passed, then never exited): name the test that left it."""
     before = {p.pid for p in multiprocessing.active_children()}
     yield
     left = [p for p in multiprocessing.active_children() if p.pid not in before]
-    if left:
-        _LEFT_RUNNING.append(f"{request.node.nodeid}: {', '.join(p.name for p in left)}")
-
-
-def pytest_terminal_summary(terminalreporter):
-    if _LEFT_RUNNING:
-        terminalreporter.section("child processes left running by tests (killed at exit)")
-        for line in _LEFT_RUNNING:
-            terminalreporter.write_line(line)
+    if left:  # a warning: the summary shows it, from pytest-xdist's workers too
+        warnings.warn(f"left child processes running (killed at exit): {', '.join(p.name for p in left)}")
 
 
 def pytest_unconfigure(config):
