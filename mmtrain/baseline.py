@@ -166,9 +166,9 @@ def retrieval_baselines(test: dict[str, Any], seed: int = 0) -> dict[str, dict[s
 
 def compute_baselines(cfg: Any, split: str = "test") -> dict[str, Any]:
     """The baselines for `cfg.data`, fitted on its train split and scored on `split`."""
-    from mmtrain import data as data_lib
+    from mmtrain.build import build_data
 
-    bundle = data_lib.build(cfg.data)
+    bundle = build_data(cfg)
     dataset = bundle.split(split)
     if hasattr(dataset, "captions"):  # retrieval needs only the captions: no image is decoded
         test = _caption_arrays(dataset.captions())
@@ -193,11 +193,9 @@ def compute_baselines(cfg: Any, split: str = "test") -> dict[str, Any]:
 
 def _load_config(argv: list[str]) -> tuple[Any, Path | None, Path | None, str]:
     """(config, run dir, output file, split) from `run=DIR`, `out=PATH`, `split=` and Hydra overrides."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mmtrain.config import register_schemas
-    from mmtrain.train import config_dir
+    from mmtrain.config import compose_config
 
     options = {k: None for k in ("run", "out", "split")}
     overrides = []
@@ -218,9 +216,7 @@ def _load_config(argv: list[str]) -> tuple[Any, Path | None, Path | None, str]:
         # A run dir may come from anyone: its config builds only what mmtrain's own configs name.
         check_config_targets(cfg, source=str(saved))
     else:
-        register_schemas()
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose_config("train", overrides)
     out = Path(options["out"]) if options["out"] else (run / "baselines.json" if run is not None else None)
     return cfg, run, out, options["split"] or "test"
 

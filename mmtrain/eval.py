@@ -11,9 +11,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mmtrain.atomic import write_json
-from mmtrain.config import PRECISIONS, register_schemas
+from mmtrain.build import build_trained, drop_pretrained
+from mmtrain.config import PRECISIONS, config_dir, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.train import build_for_weights, config_dir
 
 if TYPE_CHECKING:
     from mmtrain.data import DataBundle
@@ -118,26 +118,20 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     Where the data is read from may be overridden; whether it is downloaded, and where
     caches go, is the user's call alone (`data_overrides`), never the file's."""
     from mmtrain import data as data_lib
-    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config
 
     ckpt, cfg = load_checkpoint_config(path, allow=allow, trust=trust)
     _check_eval_settings(cfg.trainer, path)
     for key, value in (("download", False), ("cache_dir", None)):
         if key in cfg.data:  # where to write is the user's call alone, never the file's
             cfg.data[key] = value
-    for part in cfg.model.values():
-        # The checkpoint's weights replace any pretrained ones: do not read (or fetch) those.
-        if isinstance(part, DictConfig) and part.get("pretrained"):
-            part.pretrained = None
+    drop_pretrained(cfg)
     overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}
     if overrides:
         cfg.data = OmegaConf.merge(cfg.data, overrides)
     data = data_lib.build(cfg.data, tokenizer=checkpoint_tokenizer(ckpt, path))
-    model, stages = build_for_weights(cfg, data.info, ckpt["model"], path)
-    if ckpt["stage"] not in stages:
-        raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")
-    load_model_state(model, ckpt["model"], path)
-    return Rebuilt(ckpt, cfg, data, model, stages[ckpt["stage"]].task)
+    model, task = build_trained(cfg, data.info, ckpt, path)
+    return Rebuilt(ckpt, cfg, data, model, task)
 
 
 def evaluate_checkpoint(path: Path, split: str = "test", *, device: str = "auto",

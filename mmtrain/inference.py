@@ -9,7 +9,10 @@ RGB or grayscale) and normalized inside the model, as in training.
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from mmtrain.atomic import write_text
 from mmtrain.data import DataInfo
 from mmtrain.data.coco import load_image
 from mmtrain.data.tokenizer import TextTokenizer
@@ -81,24 +85,18 @@ def load_for_inference(path: str | Path, *, device: str = "auto", allow_targets:
                        trust_config: bool = False) -> Loaded:
     """Rebuild model, heads and tokenizer from a checkpoint file alone and load its weights;
     its config may name only mmtrain's own components (mmtrain.trust), as for `mmtrain eval`."""
-    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config, load_model_state
+    from mmtrain.build import build_trained, drop_pretrained
+    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config
     from mmtrain.engine.precision import resolve_device
-    from mmtrain.train import build_for_weights
 
     path = Path(path)
     ckpt, cfg = load_checkpoint_config(path, allow=allow_targets, trust=trust_config)
-    for part in cfg.model.values():
-        # The checkpoint's weights replace any pretrained ones: do not read (or fetch) those.
-        if isinstance(part, DictConfig) and part.get("pretrained"):
-            part.pretrained = None
+    drop_pretrained(cfg)
     info = data_info(ckpt, path, checkpoint_tokenizer(ckpt, path))
-    model, stages = build_for_weights(cfg, info, ckpt["model"], path)
-    if ckpt["stage"] not in stages:
-        raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")
-    load_model_state(model, ckpt["model"], path)
+    model, task = build_trained(cfg, info, ckpt, path)
     dev = resolve_device(device)
     model.to(dev).eval().requires_grad_(False)
-    return Loaded(path, model, stages[ckpt["stage"]].task, str(ckpt["stage"]), info, info.tokenizer, cfg, dev)
+    return Loaded(path, model, task, str(ckpt["stage"]), info, info.tokenizer, cfg, dev)
 
 
 # ---- images ------------------------------------------------------------------------------
@@ -256,3 +254,17 @@ def text_embedding(loaded: Loaded, ids: torch.Tensor, lengths: torch.Tensor) -> 
 def image_embedding(loaded: Loaded, images: torch.Tensor) -> torch.Tensor:
     """L2-normalized image embeddings of a contrastive checkpoint for uint8 images, on the CPU."""
     return loaded.task.embed_image(loaded.model, images.to(loaded.device)).cpu()
+
+
+# ---- results -----------------------------------------------------------------------------
+
+def write_rows(path: Path, kind: str, rows: list[dict[str, Any]], checkpoint: str) -> None:
+    """`out=` of predict and search: a CSV table, or JSON with the checkpoint and the kind."""
+    if path.suffix.lower() == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(path, buffer.getvalue())
+    else:
+        write_text(path, json.dumps({"checkpoint": checkpoint, "kind": kind, "rows": rows}, indent=2) + "\n")

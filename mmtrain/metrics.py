@@ -22,6 +22,13 @@ from typing import TYPE_CHECKING, Hashable, Mapping, Sequence
 if TYPE_CHECKING:
     import torch
 
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a metric ranks low-is-better by its name alone: a loss (`loss`, `image_loss`,
+    `pretrain/val/loss`). Training's monitor and `mmtrain report` both ask here, so a
+    run's best.pt and the report's ranking never disagree."""
+    return metric.rsplit("/", 1)[-1].endswith("loss")
+
 # Tokens coco-caption's PTBTokenizer wrapper drops after tokenizing. It compares them with the
 # already lower-cased output, so "-LRB-" and friends never match there: a bracket survives as
 # "-lrb-", and so it does here.

@@ -8,9 +8,6 @@ What comes out depends on the checkpoint's task: the top-k classes per (image, t
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -18,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 import hydra
 from omegaconf import DictConfig
 
-from mmtrain.atomic import write_text
 from mmtrain.config import config_dir, register_schemas
 from mmtrain.errors import ConfigError, DataError
 
@@ -179,17 +175,6 @@ def predict(cfg: DictConfig) -> tuple[str, list[Row]]:
     return "similarity", similarity(loaded, paths, texts, cfg)
 
 
-def write_rows(path: Path, kind: str, rows: list[Row], checkpoint: str) -> None:
-    if path.suffix.lower() == ".csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(path, buffer.getvalue())
-    else:
-        write_text(path, json.dumps({"checkpoint": checkpoint, "kind": kind, "rows": rows}, indent=2) + "\n")
-
-
 def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -231,5 +216,7 @@ def run(cfg: DictConfig) -> None:
         print(f"note: {len(cut)} text(s) longer than the model accepts were cut to their first tokens "
               f"(truncate=true)", file=sys.stderr)
     if cfg.out:
+        from mmtrain.inference import write_rows
+
         write_rows(Path(cfg.out), kind, rows, str(cfg.ckpt))
         print(f"written: {cfg.out}")

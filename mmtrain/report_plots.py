@@ -13,7 +13,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from mmtrain.atomic import write_atomically
-from mmtrain.report import Report
+from mmtrain.runs import Report
 
 MAX_LEGEND = 12
 """More runs than this (an Optuna study) get no legend: it would hide the curves."""

@@ -69,7 +69,7 @@ def contact_sheet(hits: list[Hit], root: Path, out: Path, thumb: int = 160) -> N
 
 
 def search(cfg: DictConfig) -> tuple[Any, list[Hit]]:
-    from mmtrain.embed import fingerprint, open_index
+    from mmtrain.index import fingerprint, open_index
     from mmtrain.inference import embed_texts, find_images, image_batches, image_embedding, load_for_inference
 
     if not cfg.index:
@@ -111,7 +111,7 @@ def search(cfg: DictConfig) -> tuple[Any, list[Hit]]:
 
 
 def run(cfg: DictConfig) -> None:
-    from mmtrain.predict import write_rows
+    from mmtrain.inference import write_rows
 
     index, hits = search(cfg)
     if not hits:

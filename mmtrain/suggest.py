@@ -43,22 +43,6 @@ def _keys(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _compose(config_name: str, overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from mmtrain.config import register_schemas
-    from mmtrain.train import config_dir
-
-    register_schemas()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
-
-
 def _target_accepts(node: Any, name: str) -> bool:
     """Whether the class a `_target_` node builds takes `name` (the `+key=value` case)."""
     from mmtrain.config import _import_target
@@ -72,12 +56,12 @@ def _target_accepts(node: Any, name: str) -> bool:
 
 def unknown_key(key: str, config_name: str, args: list[str]) -> str | None:
     """The message for an override of a key the config lacks, or None to keep Hydra's."""
-    from mmtrain.train import config_dir
+    from mmtrain.config import compose_config, config_dir
 
     others = [a for a in args if not a.split("=", 1)[0].lstrip("+~") == key and "=" in a
               and not a.startswith("-")]
     try:
-        cfg = _compose(config_name, others)
+        cfg = compose_config(config_name, others)
     except Exception:  # another override is broken too: Hydra's message stands
         return None
     keys = _keys(cfg)

@@ -19,7 +19,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mmtrain.errors import MmtrainError
-from mmtrain.report import read_json, write_report
+from mmtrain.report import write_report
+from mmtrain.runs import read_json
 
 log = logging.getLogger("mmtrain")
 

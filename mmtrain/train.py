@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import random
-import re
 import time
 import traceback
 from pathlib import Path
@@ -19,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmtrain import run_dir as run_dir_lib
 from mmtrain.atomic import write_json
+from mmtrain.build import build_run, follow_pretrained_input_size, seed_everything
 from mmtrain.config import TrainConfig, check_train_config, config_dir, instantiate, register_schemas
 from mmtrain.errors import ConfigError
 
@@ -31,7 +30,7 @@ def main() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         app()  # a single process: torch waits until the config is known to be good
         return
-    from mmtrain.engine import distributed
+    from mmtrain import distributed
 
     # Under torchrun: join the ranks before Hydra picks the run dir, so they pick one.
     distributed.init_from_env()
@@ -44,7 +43,7 @@ def main() -> None:
 def run(cfg: DictConfig) -> float | None:
     """One Hydra job. Locks the run dir, checks the start, then writes `.hydra/` and
     status.json; leaves status.json truthful whatever happens next (sweep reports read it)."""
-    from mmtrain.engine import distributed
+    from mmtrain import distributed
     from mmtrain.engine.preemption import Preempted, StopSignal, Stopped
 
     hydra_cfg = HydraConfig.get()
@@ -141,7 +140,7 @@ def _checked_start(cfg: DictConfig, run_dir: Path, hydra_cfg: Any, lock: run_dir
                    ) -> tuple[run_dir_lib.Start, tuple[Path | None, dict | None]]:
     """Lock the run dir, then every refusal of a start, before anything is written. Under
     torchrun rank 0 (`lock` given) decides and every rank gets its decision."""
-    from mmtrain.engine import distributed
+    from mmtrain import distributed
     from mmtrain.engine.checkpoint import load_checkpoint
 
     main_rank = lock is not None
@@ -179,7 +178,7 @@ def begin(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict | None]:
 
 def _earlier_seconds(status: Path) -> float:
     """The time the run's earlier sessions took, from the status.json they left."""
-    from mmtrain.report import read_json
+    from mmtrain.runs import read_json
 
     state = read_json(status) or {}
     if state.get("ended") and state.get("started"):
@@ -187,119 +186,21 @@ def _earlier_seconds(status: Path) -> float:
     return float(state.get("seconds") or 0.0)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def _monitor_mode(stage: str, stage_cfg: Any, task: Any, monitor: str) -> str:
-    """A monitor named by the user ranks low-is-better when it is a loss, unless told otherwise."""
-    mode = stage_cfg.monitor_mode
-    if mode is None:
-        mode = "min" if stage_cfg.monitor and monitor.endswith("loss") else task.monitor_mode
-    if mode not in ("min", "max"):
-        raise ConfigError(f"stages.{stage}.monitor_mode={mode!r}: choose min or max")
-    return mode
-
-
-def build_tasks(cfg: DictConfig, model: Any, info: Any) -> list:
-    """Instantiate each stage's task once and attach its heads, in stage order."""
-    from mmtrain.engine.trainer import Stage
-    from mmtrain.tasks import check_task
-
-    stages, by_name = [], {}
-    for name, stage_cfg in cfg.stages.items():
-        head = stage_cfg.task.get("name")
-        # It names a module and the task's artifact files: a '/' or '..' would write elsewhere.
-        if head is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", str(head)):
-            raise ConfigError(f"stages.{name}.task.name={head!r}: use letters, digits, _ and -")
-        task = check_task(instantiate(stage_cfg.task, _convert_="all"), f"stages.{name}.task")
-        if task.name in by_name:
-            earlier_cfg, earlier_task = by_name[task.name]
-            if earlier_cfg != stage_cfg.task:
-                raise ConfigError(f"stages.{name}.task uses head name '{task.name}' like an earlier stage "
-                                  f"with other settings: set stages.{name}.task.name to a new name")
-            task = earlier_task
-        else:
-            task.attach(model, info)
-            by_name[task.name] = (stage_cfg.task, task)
-        monitor = stage_cfg.monitor or task.monitor
-        cap = cfg.trainer.get("max_epochs")
-        epochs = stage_cfg.epochs if cap is None else min(stage_cfg.epochs, cap)
-        stages.append(Stage(name=str(name), task=task, epochs=epochs,
-                            freeze=list(stage_cfg.freeze), lr=stage_cfg.lr,
-                            lr_scale=dict(stage_cfg.lr_scale),
-                            monitor=monitor, monitor_mode=_monitor_mode(name, stage_cfg, task, monitor),
-                            patience=stage_cfg.get("patience"), min_delta=stage_cfg.get("min_delta", 0.0),
-                            layer_decay=stage_cfg.layer_decay))
-    return stages
-
-
-def _command_line_keys() -> set[str]:
-    """Keys set on the command line of this Hydra job (none outside one, e.g. the Python API)."""
-    if not HydraConfig.initialized():
-        return set()
-    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
-
-
-def follow_pretrained_input_size(cfg: DictConfig) -> None:
-    """data.image_size becomes a pretrained image encoder's input size, unless the command line
-    sets it: transfer works best at the resolution the weights were trained at."""
-    from mmtrain.models.model import model_data_config
-
-    size = model_data_config(cfg.model).get("image_size")
-    if size is None or "image_size" not in cfg.data or cfg.data.image_size == size:
-        return
-    if "data.image_size" in _command_line_keys():
-        log.info("data.image_size=%s as set, although the image encoder was pretrained at %d px",
-                 cfg.data.image_size, size)
-        return
-    log.info("data.image_size: %s -> %d, the image encoder's pretraining size (set data.image_size "
-             "on the command line to keep another)", cfg.data.image_size, size)
-    cfg.data.image_size = size
-
-
-def build_for_weights(cfg: DictConfig, info: Any, state: Any, path: Any) -> tuple[Any, dict[str, Any]]:
-    """Model and stages (by name) a checkpoint's config describes, checked against its weights
-    `state` first on the meta device: a model may be no bigger than the weights the file
-    holds, so a config describing a huge layer is refused before it is allocated."""
-    import torch
-
-    from mmtrain.engine.checkpoint import check_model_state
-    from mmtrain.models.model import build_model, stored_architecture
-
-    architecture = stored_architecture(cfg)
-    with torch.device("meta"):
-        shell = build_model(cfg.model, info, architecture=architecture)
-        build_tasks(cfg, shell, info)
-    check_model_state(shell, state, path)
-    model = build_model(cfg.model, info, architecture=architecture)
-    return model, {s.name: s for s in build_tasks(cfg, model, info)}
-
-
 def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
           begun: tuple[Path | None, dict | None] | None = None) -> dict[str, Any]:
     """Train `cfg` into `run_dir` (the Python API; `mmtrain train` calls it from `run`, with
     the start already checked as `begun` and the StopSignal it holds as `stop`)."""
-    from mmtrain import data as data_lib
-    from mmtrain.engine import distributed
-    from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint
+    from mmtrain import distributed
     from mmtrain.engine.logger import MetricLogger, final_metrics, hyperparameters, run_name, task_overrides
-    from mmtrain.engine.precision import resolve_device, resolve_precision
+    from mmtrain.engine.precision import resolve_device
     from mmtrain.engine.threads import set_num_threads
     from mmtrain.engine.optimizer import build_optimizer
     from mmtrain.engine.trainer import Trainer, TrainerSettings
-    from mmtrain.engine.transfer import find_init_checkpoint, load_modules
-    from mmtrain.models.model import build_model, model_tokenizer
 
     resume_path, resume = begun if begun is not None else begin(cfg, run_dir)
+    # Before anything is adopted or read: a GPU without bf16 refuses bf16-mixed here.
+    device = resolve_device(cfg.trainer.device)
+    settings = TrainerSettings.from_config(cfg.trainer, device)
     if cfg.print_config and distributed.rank() == 0:  # once the start is accepted: a refusal logs nothing
         log.info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True).rstrip())
     if resume_path is None and cfg.trainer.resume in (True, "true"):
@@ -312,32 +213,10 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     threads = set_num_threads(cfg.trainer.num_threads)
-    device = resolve_device(cfg.trainer.device)
-    init_path = find_init_checkpoint(cfg.init_from) if cfg.init_from and resume is None else None
-    init = load_checkpoint(init_path) if init_path else None
-    # A resumed run keeps its checkpoint's tokenizer; a pretrained text encoder brings its own;
-    # a text encoder taken over by init_from keeps the vocabulary its embeddings were trained on.
-    tokenizer = checkpoint_tokenizer(resume, resume_path) if resume else model_tokenizer(cfg.model, cfg.data)
-    init_modules = container["init_modules"]
-    if tokenizer is None and init is not None and "text_encoder" in (init_modules or ["text_encoder"]):
-        tokenizer = checkpoint_tokenizer(init, init_path)
-    first = distributed.rank() == 0
-    if not first:  # rank 0 downloads, extracts and fills the caches; the others then read them
-        distributed.barrier()
-    data = data_lib.build(cfg.data, tokenizer=tokenizer)
-    if first:
-        distributed.barrier()
-    model = build_model(cfg.model, data.info,
-                        architecture=resume["config"].get("architecture") if resume else None)
+    built = build_run(cfg, resume, resume_path)
+    data, model, stages = built.data, built.model, built.stages
     # Checkpoints carry what rebuilds the pretrained encoders offline (eval, resume).
     container["architecture"] = model.architecture()
-    stages = build_tasks(cfg, model, data.info)
-    transferred = None
-    if init is not None:
-        loaded, skipped = load_modules(model, init["model"], init_modules, init_path)
-        transferred = {"checkpoint": str(init_path), "loaded": loaded, "skipped": skipped}
-        log.info("init_from %s: loaded %s%s", init_path, ", ".join(loaded),
-                 "".join(f"; skipped {n} ({why})" for n, why in skipped.items()))
     main_rank = distributed.rank() == 0
     logger = MetricLogger(run_dir, cfg.logger, enabled=main_rank, name=run_name(run_dir), config=container)
     hparams = hyperparameters(cfg, task_overrides())
@@ -345,19 +224,19 @@ def train(cfg: DictConfig, run_dir: Path, *, stop: Any = None,
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run dir: %s | device: %s | precision: %s | %.2fM parameters | %d/%d/%d train/val/test"
              " | %d process(es) x batch %d x %d accumulated | %d CPU threads", run_dir, device,
-             resolve_precision(cfg.trainer.precision, device), n_params / 1e6, len(data.train),
+             settings.precision, n_params / 1e6, len(data.train),
              len(data.val), len(data.test), distributed.world_size(), cfg.trainer.batch_size,
              cfg.trainer.accumulate_grad_batches, threads)
     if resume is not None:
         log.info("resuming from %s at %s", resume_path, resume["position"])
 
     try:
-        trainer = Trainer(model, data, run_dir, settings=TrainerSettings.from_config(cfg.trainer, device),
+        trainer = Trainer(model, data, run_dir, settings=settings,
                           optimizer=functools.partial(build_optimizer, cfg.optimizer, device=device),
                           scheduler=instantiate(cfg.scheduler), device=device, seed=cfg.seed,
                           config=container, logger=logger, stop=stop)
         results = trainer.fit(stages, resume=resume, best_files=best_files)
-        summary = _test_and_summarize(cfg, run_dir, trainer, stages, results, main_rank, transferred)
+        summary = _test_and_summarize(cfg, run_dir, trainer, stages, results, main_rank, built.transferred)
         logger.log_final(hparams, final_metrics(summary), trainer.global_step,
                          [Path(p) for p in summary.get("artifacts", [])])
     finally:
@@ -369,7 +248,8 @@ def _test_and_summarize(cfg: DictConfig, run_dir: Path, trainer: Any, stages: li
                         main_rank: bool, transferred: dict[str, Any] | None) -> dict[str, Any]:
     """Rank 0 tests the last stage's best.pt, writes metrics.json and prints the table."""
     from mmtrain.data.loader import make_loader
-    from mmtrain.engine import distributed, epoch_log
+    from mmtrain import distributed
+    from mmtrain.engine import epoch_log
     from mmtrain.engine.checkpoint import load_checkpoint, load_model_state
     from mmtrain.engine.trainer import evaluate
 

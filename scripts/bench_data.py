@@ -20,22 +20,13 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from mmtrain import data as data_lib
-from mmtrain.config import register_schemas
+from mmtrain.build import build_tasks
+from mmtrain.config import compose_config
 from mmtrain.data import fixtures
 from mmtrain.data.loader import make_loader
 from mmtrain.models.model import build_model
-from mmtrain.train import build_tasks, config_dir
-
-
-def compose_cfg(overrides: list[str]):
-    register_schemas()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def write_photo(path: Path, width: int, height: int, seed: int) -> None:
@@ -128,7 +119,7 @@ def main() -> None:
           f"{args.batches} batches, COCO images {args.image_size}px")
     print(f"{'pipeline':<26} {'loader alone':>14} {'with model':>12} {'waiting on data':>16}")
     for name, overrides in pipelines.items():
-        cfg = compose_cfg(overrides + common)
+        cfg = compose_config("train", overrides + common)
         bundle = data_lib.build(cfg.data)
         loader = make_loader(bundle.train, args.batch_size, train=True, num_workers=args.num_workers)
         alone = loader_alone(loader, args.batches)

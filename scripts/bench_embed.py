@@ -28,22 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmtrain import cli  # noqa: E402
-from mmtrain.config import register_schemas  # noqa: E402
 
 
 def default_checkpoint(tmp: Path) -> Path:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from mmtrain.config import config_dir
+    from mmtrain.config import compose_config
     from mmtrain.train import train
 
-    register_schemas()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            "stages=contrastive", "stages.pretrain.epochs=1", "data.n_train=256", "data.n_val=64",
-            "data.n_test=64", "test=false", "trainer.progress=false", "logger.tensorboard=false"])
+    cfg = compose_config("train", [
+        "stages=contrastive", "stages.pretrain.epochs=1", "data.n_train=256", "data.n_val=64",
+        "data.n_test=64", "test=false", "trainer.progress=false", "logger.tensorboard=false"])
     with contextlib.redirect_stdout(io.StringIO()):
         train(cfg, tmp / "run")
     return tmp / "run/checkpoints/pretrain/best.pt"

@@ -27,18 +27,17 @@ from typing import Any, Callable, Iterator
 
 import hydra.utils
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mmtrain import data as data_lib
-from mmtrain.config import register_schemas
+from mmtrain.build import build_tasks
+from mmtrain.config import compose_config
 from mmtrain.data.loader import make_loader, to_device
 from mmtrain.engine.logger import MetricLogger
 from mmtrain.engine.optimizer import build_optimizer
 from mmtrain.engine.precision import resolve_device
 from mmtrain.engine.trainer import Trainer, TrainerSettings
 from mmtrain.models.model import StageModule, build_model
-from mmtrain.train import build_tasks, config_dir
 
 WARMUP = 2
 """Steps dropped at the start of each round: allocator and autograd warm-up."""
@@ -69,9 +68,7 @@ def step_times(marks: list[float]) -> list[float]:
 
 
 def setup(overrides: list[str]) -> tuple[Any, Any]:
-    register_schemas()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     torch.manual_seed(cfg.seed)
     return cfg, data_lib.build(cfg.data)
 

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-import hydra.utils
 import torch
-from hydra import compose, initialize_config_dir
 
 from mmtrain import data as data_lib
-from mmtrain.config import register_schemas
+from mmtrain.build import build_tasks
+from mmtrain.config import compose_config
 from mmtrain.data.batch import collate
 from mmtrain.models.model import build_model
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 ROWS = [("model/image_encoder", c) for c in ("cnn", "resnet18", "resnet34", "resnet50", "vit_tiny", "vit_b_16")] + \
        [("model/text_encoder", c) for c in ("gru", "lstm", "transformer", "bow")] + \
        [("model/fusion", c) for c in ("concat", "sum", "product", "gated", "film", "attention", "bilinear", "late")]
@@ -44,14 +41,13 @@ def step_time(group: str, choice: str, batch_size: int, steps: int,
     overrides = [f"{group}={choice}", "data.n_train=512", "data.n_val=8", "data.n_test=8", "~stages.pretrain"]
     if text_length and choice == "transformer":
         overrides.append(f"model.text_encoder.max_length={max(256, text_length)}")
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     data = data_lib.build(cfg.data)
     if text_length:
         data.info.vocab_size = VOCAB
     model = build_model(cfg.model, data.info)
-    task = hydra.utils.instantiate(cfg.stages.finetune.task, _convert_="all")
-    task.attach(model, data.info)
+    (stage,) = build_tasks(cfg, model, data.info)
+    task = stage.task
     batch = collate(data.train.__getitems__(list(range(batch_size))))
     if text_length:
         g = torch.Generator().manual_seed(0)
@@ -83,7 +79,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    register_schemas()
     if args.only != "text":
         print(f"| choice | parameters | ms / step (batch {args.batch}, 32 px) |\n|---|---|---|")
         for group, choice in ROWS:

@@ -1,71 +1,21 @@
-"""Shared helpers: compose the real configs, train tiny models in-process, run the CLI."""
+"""Fixtures of every test: one thread, a cache dir of the session, tiny trained checkpoints
+(the helpers they and the tests use are in tests/helpers.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
-import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
-
-from mmtrain.config import register_schemas
-from mmtrain.train import config_dir
 
 # Tiny models on a shared 2-core machine: a second OpenMP thread per process only adds
 # waiting. The trainer's default thread count (trainer.num_threads=null) follows this, in
-# process and in the `mmtrain` subprocesses the tests start.
+# process and in the `mmtrain` subprocesses the tests start. Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Small enough to train in seconds on 2 cores, big enough to learn something.
-TINY = [
-    "data.n_train=512", "data.n_val=128", "data.n_test=128",
-    "model.image_encoder.width=8", "model.image_encoder.dim=32",
-    "model.text_encoder.embed_dim=16", "model.text_encoder.hidden_dim=16",
-    "model.fusion.dim=32", "stages.pretrain.epochs=1", "stages.finetune.epochs=1",
-    "trainer.batch_size=64", "trainer.progress=false", "logger.tensorboard=false",
-]
-
-
-def compose_train(overrides: list[str] | None = None) -> DictConfig:
-    register_schemas()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides or []))
-
-
-def train_in_process(run_dir: Path, overrides: list[str] | None = None) -> dict:
-    from mmtrain.train import train
-
-    return train(compose_train(overrides), run_dir)
-
-
-def mmtrain_exe() -> list[str]:
-    """The installed console script (falls back to `python -m mmtrain` if it is not on PATH)."""
-    exe = shutil.which("mmtrain", path=str(Path(sys.executable).parent)) or shutil.which("mmtrain")
-    return [exe] if exe else [sys.executable, "-m", "mmtrain"]
-
-
-def run_cli(args: list[str], cwd: Path, timeout: int = 1200, env: dict | None = None
-            ) -> subprocess.CompletedProcess:
-    """The installed command; `timeout` only guards against a hang, never a slow machine."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(mmtrain_exe() + args, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """Every file below `folder` (hidden ones included) -> the SHA-256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+from tests.helpers import single_thread  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -81,9 +31,11 @@ def _cache_dir_of_this_session(tmp_path_factory):
         os.environ["MMTRAIN_CACHE"] = before
 
 
-@pytest.fixture
-def tiny() -> list[str]:
-    return list(TINY)
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test on one thread (see tests.helpers.single_thread)."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -98,10 +50,10 @@ def coco_clip(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def synthetic_classifier(tmp_path_factory) -> Path:
     """best.pt of a classification stage trained for seconds on the synthetic set."""
+    from tests.helpers import TINY
     from tests.inference_helpers import train
-    from tests.trainer_utils import TINY as TINY_RUN
 
-    run = train(tmp_path_factory.mktemp("classifier") / "run", [*TINY_RUN, "~stages.pretrain"])
+    run = train(tmp_path_factory.mktemp("classifier") / "run", [*TINY, "~stages.pretrain"])
     return run / "checkpoints/finetune/best.pt"
 
 

@@ -5,17 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
-import torch
-
 from mmtrain.data import fixtures
-from tests.conftest import compose_train, run_cli  # noqa: F401 (re-exported)
+from tests.helpers import QUIET, TINY_MODEL, changed, run_cli
 
-TINY_MODEL = [
-    "model.image_encoder.width=8", "model.image_encoder.dim=32",
-    "model.text_encoder.embed_dim=16", "model.text_encoder.hidden_dim=32",
-    "model.fusion.dim=32", "trainer.progress=false", "logger.tensorboard=false",
-]
+# The fixture datasets' experiments, a little wider than TINY: they must learn their targets.
+FIXTURE_MODEL = [*changed(TINY_MODEL, "model.image_encoder.dim=32", "model.text_encoder.embed_dim=16",
+                          "model.text_encoder.hidden_dim=32", "model.fusion.dim=32"), *QUIET]
 
 
 def mnist_imdb_fixture(root: Path, n_train: int = 600, n_test: int = 200, n_reviews: int = 120) -> Path:
@@ -29,17 +24,7 @@ def coco_fixture(root: Path, n_train: int = 48, n_val: int = 16, year: int = 201
     return root
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin-waiting
-    against the other processes (measured: 100x slower steps with 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_mmtrain(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 1200
                 ) -> subprocess.CompletedProcess:
-    """The installed command with one OpenMP thread (tiny models; see one_thread)."""
+    """The installed command with one OpenMP thread (tiny models; see tests.helpers.single_thread)."""
     return run_cli(args, cwd, timeout=timeout, env={"OMP_NUM_THREADS": "1", **(env or {})})

@@ -7,23 +7,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mmtrain.data import fixtures
-from tests.conftest import compose_train
-from tests.data_helpers import TINY_MODEL, coco_fixture, mnist_imdb_fixture
+from tests.helpers import compose, single_thread
+from tests.data_helpers import FIXTURE_MODEL, coco_fixture, mnist_imdb_fixture
 
 
 def train(run_dir: Path, overrides: list[str]) -> Path:
     """Train in this process on one thread (tiny models: a second only adds waiting)."""
     from mmtrain.train import train as train_run
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_run(compose_train([*overrides, "test=false", "trainer.device=cpu"]), run_dir)
-    finally:
-        torch.set_num_threads(threads)
+    with single_thread():  # also when a session fixture trains, before any test's own thread setting
+        train_run(compose([*overrides, "test=false", "trainer.device=cpu"]), run_dir)
     return run_dir
 
 
@@ -33,7 +28,7 @@ def train_digit_classifier(tmp: Path) -> Path:
     run = train(tmp / "digits", ["+experiment=mnist_imdb", f"data.root={root}", "data.target=digit",
                                   "data.tokenizer_options.max_length=48", "stages.pretrain.epochs=6",
                                   "stages.finetune.epochs=4", "stages.finetune.lr_scale={}", "optimizer.lr=1e-2", "trainer.batch_size=32",
-                                  "stages.finetune.task.hidden_dim=32", *TINY_MODEL])
+                                  "stages.finetune.task.hidden_dim=32", *FIXTURE_MODEL])
     return run / "checkpoints/finetune/best.pt"
 
 
@@ -44,7 +39,7 @@ def train_coco_clip(tmp: Path) -> tuple[Path, Path]:
                                 f"data.root={root}", "data.image_size=32", "data.n_val=20",
                                 "data.tokenizer_options.max_length=16", "trainer.num_workers=0",
                                 "trainer.batch_size=32", "stages.pretrain.epochs=12",
-                                "stages.pretrain.task.embed_dim=32", "optimizer.lr=5e-3", *TINY_MODEL])
+                                "stages.pretrain.task.embed_dim=32", "optimizer.lr=5e-3", *FIXTURE_MODEL])
     return run / "checkpoints/pretrain/best.pt", root
 
 

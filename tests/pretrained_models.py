@@ -6,13 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mmtrain.config import register_schemas
 from mmtrain.data.synthetic import COLOURS, POSITIONS, SHAPES, SIZES, TEMPLATES
-from mmtrain.train import config_dir
-from tests.trainer_utils import TINY
+from tests.helpers import TINY, compose
 
 WORDS = sorted({w for t in TEMPLATES for w in t.replace("{", " ").replace("}", " ").split()}
                | set(COLOURS) | set(SHAPES) | set(SIZES) | {w for p in POSITIONS for w in p.split()})
@@ -75,9 +72,7 @@ def pretrained_config(*overrides: str) -> DictConfig:
     swapped = [group.split("=")[0].replace("model/", "model.") + "." for group in overrides
                if group.startswith(("model/image_encoder=", "model/text_encoder="))]
     tiny = [o for o in TINY if not o.startswith(tuple(swapped))]
-    register_schemas()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", overrides=[*tiny, *overrides])
+    return compose([*tiny, *overrides])
 
 
 # A 2-block, 32-wide CLIP (ViT with 4 px patches, "trained at" 24 px) with CLIP's BPE

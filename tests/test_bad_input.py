@@ -18,7 +18,7 @@ from mmtrain.cli import _report
 from mmtrain.config import check_train_config
 from mmtrain.engine.checkpoint import atomic_save, load_checkpoint
 from mmtrain.errors import CheckpointError, ConfigError, DataError, StorageError
-from tests.conftest import TINY, compose_train, run_cli, train_in_process
+from tests.helpers import TINY_TESTED, compose, run_cli, train_in_process
 from tests.data_helpers import coco_fixture
 
 
@@ -34,12 +34,12 @@ from tests.data_helpers import coco_fixture
 ])
 def test_a_value_torch_would_misuse_or_refuse_late_is_refused_at_start_naming_the_key(override, message):
     with pytest.raises(ConfigError) as err:
-        check_train_config(compose_train(TINY + [override]))
+        check_train_config(compose(TINY_TESTED + [override]))
     assert message in str(err.value)
 
 
 def test_a_negative_grad_clip_stops_the_cli_before_any_data_is_built(tmp_path):
-    out = run_cli(["train", *TINY, "trainer.grad_clip=-1", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    out = run_cli(["train", *TINY_TESTED, "trainer.grad_clip=-1", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "mmtrain: error: trainer.grad_clip=-1.0: the largest gradient norm kept is > 0 and finite "
@@ -99,14 +99,14 @@ def test_a_decompression_bomb_in_a_loader_worker_reaches_the_user_as_one_line_na
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("adamw") / "run"
-    train_in_process(run, TINY + ["data.n_train=128", "stages.pretrain.epochs=0"])
+    train_in_process(run, TINY_TESTED + ["data.n_train=128", "stages.pretrain.epochs=0"])
     return run
 
 
 def test_resuming_with_an_optimizer_of_another_kind_is_refused_before_anything_is_copied(run_dir, tmp_path):
     with pytest.raises(CheckpointError, match=r"optimizer._target_: 'torch.optim.AdamW' in the checkpoint, "
                                               r"'torch.optim.SGD' now"):
-        train_in_process(tmp_path / "b", TINY + ["data.n_train=128", "stages.pretrain.epochs=0",
+        train_in_process(tmp_path / "b", TINY_TESTED + ["data.n_train=128", "stages.pretrain.epochs=0",
                                                  "optimizer=sgd", f"trainer.resume={run_dir}"])
     assert not (tmp_path / "b" / "checkpoints").exists()
 

@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, train_in_process
+from tests.helpers import TINY_TESTED, train_in_process
 
 pytest.importorskip("sklearn")
 
 from mmtrain.baseline import classification_baselines, main as baseline_main, retrieval_baselines  # noqa: E402
-from mmtrain.report import build_report, to_markdown  # noqa: E402
+from mmtrain.report import to_markdown  # noqa: E402
+from mmtrain.runs import build_report  # noqa: E402
 
 
 def paired(n: int, seed: int) -> dict:
@@ -52,13 +53,13 @@ def test_caption_overlap_finds_images_by_their_other_captions_and_random_ranking
 @pytest.mark.slow
 def test_baseline_of_a_run_is_written_beside_it_and_the_report_shows_model_and_baseline(tmp_path, capsys):
     run = tmp_path / "run"
-    train_in_process(run, list(TINY))
+    train_in_process(run, list(TINY_TESTED))
     (run / ".hydra").mkdir(exist_ok=True)
     from omegaconf import OmegaConf
 
-    from tests.conftest import compose_train
+    from tests.helpers import compose
 
-    OmegaConf.save(compose_train(list(TINY)), run / ".hydra" / "config.yaml")
+    OmegaConf.save(compose(list(TINY_TESTED)), run / ".hydra" / "config.yaml")
     baseline_main([f"run={run}"])
     assert "pixels_logreg" in capsys.readouterr().out
     written = json.loads((run / "baselines.json").read_text())
@@ -71,12 +72,12 @@ def test_baseline_of_a_run_is_written_beside_it_and_the_report_shows_model_and_b
 def test_coco_retrieval_baselines_cover_every_test_caption_without_decoding_an_image(tmp_path, monkeypatch):
     from mmtrain.baseline import compute_baselines
     from mmtrain.data import coco
-    from tests.conftest import compose_train
+    from tests.helpers import compose
     from tests.data_helpers import coco_fixture
 
     root = coco_fixture(tmp_path / "coco")
     monkeypatch.setattr(coco, "load_image", lambda *a: pytest.fail("an image was decoded"))
-    cfg = compose_train(["+experiment=coco_clip", f"data.root={root}", "data.n_val=8", "data.cache=false"])
+    cfg = compose(["+experiment=coco_clip", f"data.root={root}", "data.n_val=8", "data.cache=false"])
     result = compute_baselines(cfg)
     doc = json.loads((root / "annotations" / "captions_val2017.json").read_text())
     assert set(result["baselines"]) == {"random", "caption_overlap"}
@@ -89,12 +90,12 @@ def test_a_run_dir_whose_saved_config_names_other_callables_is_refused_before_bu
     from omegaconf import OmegaConf
 
     from mmtrain.errors import ConfigError
-    from tests.conftest import compose_train
+    from tests.helpers import compose
 
     run = tmp_path / "downloaded_run"
     (run / ".hydra").mkdir(parents=True)
     victim = tmp_path / "victim"
-    saved = OmegaConf.to_container(compose_train(TINY))
+    saved = OmegaConf.to_container(compose(TINY_TESTED))
     saved["data"] = {"_target_": "os.makedirs", "name": str(victim)}
     (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(saved))
     with pytest.raises(ConfigError, match=r"data.*os\.makedirs"):

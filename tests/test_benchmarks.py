@@ -7,16 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import TINY, changed
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.n_train=256", "data.n_val=32", "data.n_test=32", "trainer.batch_size=32",
-        "model.image_encoder.width=8", "model.image_encoder.dim=16", "model.text_encoder.embed_dim=16",
-        "model.text_encoder.hidden_dim=16", "model.fusion.dim=16"]
+BENCHED = changed(TINY, "data.n_train=256", "model.text_encoder.embed_dim=16", "model.text_encoder.hidden_dim=16")
 
 
 def test_bench_overhead_times_mmtrain_against_the_minimal_loop():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_overhead.py"), "--rounds", "2",
-                          "--steps", "3", "--device", "cpu", "--no-lightning", *TINY],
+                          "--steps", "3", "--device", "cpu", "--no-lightning", *BENCHED],
                          capture_output=True, text=True, timeout=1200, env=env)
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import TINY, run_cli
+from tests.helpers import TINY_TESTED, run_cli
 
 
 def _cli_without_torch(args: list[str], code: int, cwd) -> subprocess.CompletedProcess:
@@ -81,7 +81,7 @@ def test_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_train_then_eval_with_the_installed_command(tmp_path):
     run_dir = tmp_path / "run"
-    out = run_cli(["train", *TINY, "logger.tensorboard=true", f"hydra.run.dir={run_dir}"], tmp_path)
+    out = run_cli(["train", *TINY_TESTED, "logger.tensorboard=true", f"hydra.run.dir={run_dir}"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"run dir: {run_dir}" in out.stdout and "test (finetune/best.pt, epoch 1)" in out.stdout
     assert "[finetune] epoch 1/1 | train loss " in (run_dir / "train.log").read_text()
@@ -105,7 +105,7 @@ def test_train_then_eval_with_the_installed_command(tmp_path):
 @pytest.mark.slow
 def test_multirun_makes_one_run_dir_per_job(tmp_path):
     sweep = tmp_path / "sweep"
-    out = run_cli(["train", "-m", *TINY, "stages.pretrain.epochs=0", "model/fusion=concat,sum",
+    out = run_cli(["train", "-m", *TINY_TESTED, "stages.pretrain.epochs=0", "model/fusion=concat,sum",
                    f"hydra.sweep.dir={sweep}"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     for job in ("0", "1"):

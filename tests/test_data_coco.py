@@ -13,7 +13,8 @@ from PIL import Image
 from mmtrain.data.coco import build_coco_captions
 from mmtrain.data.loader import make_loader
 from mmtrain.errors import DataError
-from tests.data_helpers import coco_fixture, compose_train, run_mmtrain
+from tests.data_helpers import coco_fixture, run_mmtrain
+from tests.helpers import compose
 
 TOK = {"kind": "word", "vocab_size": 200, "max_length": 16}
 
@@ -166,7 +167,7 @@ def test_missing_coco_says_the_download_command(tmp_path):
 
 
 def test_coco_caption_recipe_composes_contrastive_then_captioning(root):
-    cfg = compose_train(["+experiment=coco_caption", f"data.root={root}"])
+    cfg = compose(["+experiment=coco_caption", f"data.root={root}"])
     assert list(cfg.stages) == ["pretrain", "caption"]
     assert [s.task._target_ for s in cfg.stages.values()] == ["mmtrain.tasks.contrastive.ContrastiveTask",
                                                               "mmtrain.tasks.captioning.CaptioningTask"]

@@ -13,7 +13,8 @@ import torch
 from mmtrain.data import imdb as imdb_lib
 from mmtrain.data.mnist_imdb import build_mnist_imdb, load_mnist
 from mmtrain.errors import ConfigError, DataError
-from tests.data_helpers import run_mmtrain, TINY_MODEL, compose_train, mnist_imdb_fixture, one_thread  # noqa: F401 (fixture)
+from tests.data_helpers import FIXTURE_MODEL, mnist_imdb_fixture, run_mmtrain
+from tests.helpers import compose
 
 TOK = {"kind": "word", "vocab_size": 200, "max_length": 48}
 
@@ -172,9 +173,9 @@ def test_multitask_needs_modality_labels():
 def test_mnist_imdb_experiment_pretrains_each_encoder_then_learns_the_joint_target(root, tmp_path, one_thread):
     from mmtrain.train import train
 
-    cfg = compose_train(["+experiment=mnist_imdb", f"data.root={root}", "data.tokenizer_options.max_length=48",
+    cfg = compose(["+experiment=mnist_imdb", f"data.root={root}", "data.tokenizer_options.max_length=48",
                          "stages.pretrain.epochs=8", "stages.finetune.epochs=6", "optimizer.lr=1e-2",
-                         "trainer.batch_size=32", "stages.finetune.task.hidden_dim=32", *TINY_MODEL])
+                         "trainer.batch_size=32", "stages.finetune.task.hidden_dim=32", *FIXTURE_MODEL])
     summary = train(cfg, tmp_path / "run")
     pre = summary["stages"]["pretrain"]["val"]
     assert pre["text_accuracy"] > 0.9 and pre["image_accuracy"] > 0.7, pre   # chance: 0.5 and 0.1
@@ -187,8 +188,8 @@ def test_eval_finds_a_moved_dataset_with_data_root_and_says_how_to_get_a_missing
 
     old_root = mnist_imdb_fixture(tmp_path / "old", n_train=200, n_test=100, n_reviews=60)
     run_dir = tmp_path / "run"
-    summary = train(compose_train(["+experiment=mnist_imdb", f"data.root={old_root}",
-                                   "stages.pretrain.epochs=1", "stages.finetune.epochs=1", *TINY_MODEL]),
+    summary = train(compose(["+experiment=mnist_imdb", f"data.root={old_root}",
+                                   "stages.pretrain.epochs=1", "stages.finetune.epochs=1", *FIXTURE_MODEL]),
                     run_dir)
     new_root = old_root.rename(tmp_path / "new")
 

@@ -7,7 +7,8 @@ import hashlib
 from pathlib import Path
 
 from mmtrain.data.cache import cache_dir
-from tests.data_helpers import TINY_MODEL, coco_fixture, compose_train, mnist_imdb_fixture, one_thread  # noqa: F401
+from tests.data_helpers import FIXTURE_MODEL, coco_fixture, mnist_imdb_fixture
+from tests.helpers import compose
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -24,9 +25,9 @@ def test_a_training_run_and_its_eval_leave_the_mnist_imdb_root_byte_identical(tm
     root = mnist_imdb_fixture(tmp_path / "data", n_train=200, n_test=64, n_reviews=40)
     before = tree(root)
     monkeypatch.setenv("MMTRAIN_CACHE", str(tmp_path / "cache"))
-    cfg = compose_train(["+experiment=mnist_imdb", f"data.root={root}", "data.tokenizer_options.max_length=32",
+    cfg = compose(["+experiment=mnist_imdb", f"data.root={root}", "data.tokenizer_options.max_length=32",
                          "stages.pretrain.epochs=1", "stages.finetune.epochs=1", "trainer.batch_size=32",
-                         *TINY_MODEL])
+                         *FIXTURE_MODEL])
     train(cfg, tmp_path / "run")
     evaluate_checkpoint(tmp_path / "run/checkpoints/finetune/best.pt", device="cpu")
     assert tree(root) == before

@@ -12,7 +12,6 @@ import torch
 
 from tests.inference_helpers import coco_val_captions, mmtrain_in_process
 from tests.test_predict import one_error_line
-from tests.trainer_utils import one_thread  # noqa: F401 (autouse: tiny models run on one thread)
 
 
 def embed(ckpt: Path, cwd: Path, *args: str) -> tuple[int, str, str]:

@@ -18,7 +18,6 @@ from mmtrain.export import TOLERANCE, export
 from mmtrain.inference import Loaded
 from tests.inference_helpers import mmtrain_in_process
 from tests.test_predict import one_error_line
-from tests.trainer_utils import one_thread  # noqa: F401 (autouse: tiny models run on one thread)
 from tests.zoo import build, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from mmtrain.train import train
-from tests.trainer_utils import make_config, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import make_config
 
 
 def test_csv_and_tensorboard_hold_what_a_sweep_is_compared_by(tmp_path):

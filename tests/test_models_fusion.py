@@ -7,12 +7,6 @@ import torch
 
 from mmtrain.errors import ConfigError
 from mmtrain.models import fusion as fusion_lib
-from tests.zoo import one_thread
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
 
 
 FUSIONS = [fusion_lib.ConcatFusion, fusion_lib.SumFusion, fusion_lib.ProductFusion, fusion_lib.GatedFusion,

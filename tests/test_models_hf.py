@@ -11,9 +11,8 @@ import torch
 from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.train import train
-from tests.conftest import run_cli
+from tests.helpers import assert_same_weights, run_cli
 from tests.pretrained_models import pretrained_config, save_tiny_bert
-from tests.trainer_utils import assert_same_weights, one_thread  # noqa: F401 (autouse fixture)
 
 SAVE_ALL = ["trainer.deterministic=true", "trainer.checkpoint.every_n_steps=1",
             "trainer.checkpoint.keep_last=99"]
@@ -198,7 +197,7 @@ def test_a_hub_id_is_handed_to_transformers_own_from_pretrained(bert, monkeypatc
 
 @pytest.mark.slow
 def test_an_uncached_hub_id_offline_is_one_clear_line(tmp_path):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     # A fresh process: huggingface_hub reads HF_HUB_OFFLINE and HF_HOME once, at import.
     out = run_cli(["train", "model/text_encoder=hf", "model.text_encoder.name=nobody/no-such-model"],

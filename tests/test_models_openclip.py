@@ -16,9 +16,8 @@ from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.train import train
 from tests.data_helpers import mnist_imdb_fixture, run_mmtrain
-from tests.conftest import compose_train
 from tests.pretrained_models import OPEN_CLIP_PREPROCESS, OPEN_CLIP_TINY, save_tiny_open_clip
-from tests.trainer_utils import TINY, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import TINY, compose
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -51,7 +50,7 @@ def open_clip_overrides(name: str, *extra: str, pretrained: str | None = None) -
 
 def open_clip_config(name: str, *extra: str, pretrained: str | None = None):
     tiny = [o for o in TINY if not o.startswith(("model.image_encoder.", "model.text_encoder.", "stages.finetune."))]
-    return compose_train([*tiny, *open_clip_overrides(name, *extra, pretrained=pretrained)])
+    return compose([*tiny, *open_clip_overrides(name, *extra, pretrained=pretrained)])
 
 
 def built(cfg):
@@ -240,7 +239,7 @@ def test_zero_shot_works_on_our_own_contrastive_checkpoints_and_refuses_a_classi
     from mmtrain.errors import CheckpointError
 
     run = tmp_path / "ours"
-    train(compose_train(TINY), run)  # the default recipe: contrastive pretraining, then a classifier
+    train(compose(TINY), run)  # the default recipe: contrastive pretraining, then a classifier
     result = evaluate_checkpoint(run / "checkpoints/pretrain/best.pt", "test", zero_shot=True)
     assert 0.0 <= result["metrics"]["zero_shot_top1"] <= 1.0
     assert "zero_shot_top5" not in result["metrics"]  # three shapes: a top-5 would always be 1
@@ -249,7 +248,7 @@ def test_zero_shot_works_on_our_own_contrastive_checkpoints_and_refuses_a_classi
 
 
 def test_a_run_resumes_exactly(tiny_clip, tmp_path):
-    from tests.trainer_utils import assert_same_weights
+    from tests.helpers import assert_same_weights
 
     folder, _ = tiny_clip
     save_all = ["trainer.deterministic=true", "trainer.checkpoint.every_n_steps=1",

@@ -10,10 +10,9 @@ from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.models.image_encoder import TimmEncoder
 from mmtrain.train import train
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.pretrained_models import (TIMM_VIT, TIMM_VIT_KWARGS, TIMM_VIT_OVERRIDES, pretrained_config,
                                      save_tiny_timm_vit)
-from tests.trainer_utils import one_thread  # noqa: F401 (autouse fixture)
 
 TIMM_TINY = ["model/image_encoder=timm", *TIMM_VIT_OVERRIDES]
 
@@ -104,20 +103,20 @@ def test_checkpoint_of_a_timm_run_evaluates_without_the_weights_file(tmp_path):
 
 
 def test_the_data_follows_the_pretrained_input_size_unless_the_command_line_sets_it(tmp_path, monkeypatch):
-    import mmtrain.train
+    import mmtrain.build
 
     save_tiny_timm_vit(tmp_path / "v.pth")
     cfg = pretrained_config(*TIMM_TINY, f"model.image_encoder.pretrained={tmp_path / 'v.pth'}")
     assert cfg.data.image_size == 32
-    mmtrain.train.follow_pretrained_input_size(cfg)
+    mmtrain.build.follow_pretrained_input_size(cfg)
     assert cfg.data.image_size == 16                      # the overlay's pretraining size
     cfg = pretrained_config(*TIMM_TINY, "model.image_encoder.pretrained=false")
-    mmtrain.train.follow_pretrained_input_size(cfg)
+    mmtrain.build.follow_pretrained_input_size(cfg)
     assert cfg.data.image_size == 32                      # random weights: nothing to follow
     cfg = pretrained_config(*TIMM_TINY, f"model.image_encoder.pretrained={tmp_path / 'v.pth'}",
                             "data.image_size=24")
-    monkeypatch.setattr(mmtrain.train, "_command_line_keys", lambda: {"data.image_size"})
-    mmtrain.train.follow_pretrained_input_size(cfg)
+    monkeypatch.setattr(mmtrain.build, "_command_line_keys", lambda: {"data.image_size"})
+    mmtrain.build.follow_pretrained_input_size(cfg)
     assert cfg.data.image_size == 24
 
 

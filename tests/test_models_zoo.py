@@ -13,12 +13,8 @@ import pytest
 import torch
 
 from mmtrain.errors import ConfigError
-from tests.zoo import TINY, build, choices, compose_config, fixed_batch, one_thread, overfit
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
+from tests.helpers import choices
+from tests.zoo import TINY_CHOICES, build, compose_config, fixed_batch, overfit
 
 
 TASKS = ["classification", "contrastive", "captioning"]
@@ -26,7 +22,7 @@ TASKS = ["classification", "contrastive", "captioning"]
 
 @pytest.mark.parametrize("group", ["model/image_encoder", "model/text_encoder", "model/fusion"])
 def test_every_config_choice_has_a_tiny_test_setting(group):
-    assert choices(group) == sorted(TINY[group]), f"add the new {group} choice to tests/zoo.py TINY"
+    assert choices(group) == sorted(TINY_CHOICES[group]), f"add the new {group} choice to tests/zoo.py TINY_CHOICES"
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -6,7 +6,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from mmtrain.train import config_dir
+from mmtrain.config import config_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from mmtrain.data.fixtures import COLOURS
-from tests.data_helpers import TINY_MODEL, coco_fixture, run_mmtrain
+from tests.data_helpers import FIXTURE_MODEL, coco_fixture, run_mmtrain
 from tests.inference_helpers import (coco_val_captions, mmtrain_in_process, train,
                                      train_digit_classifier, write_digit_pngs)
-from tests.trainer_utils import one_thread  # noqa: F401 (autouse: tiny models run on one thread)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,7 @@ def test_captioning_checkpoint_writes_a_caption_per_image_with_greedy_and_beam(t
                                     "data.tokenizer_options.max_length=12", "trainer.batch_size=16",
                                     "stages.pretrain.epochs=1", "stages.caption.epochs=1",
                                     "stages.caption.task.dim=16", "stages.caption.task.heads=2",
-                                    "stages.caption.task.depth=1", *TINY_MODEL])
+                                    "stages.caption.task.depth=1", *FIXTURE_MODEL])
     ckpt = run / "checkpoints/caption/best.pt"
     for beam in (1, 3):
         code, out, err = mmtrain_in_process(["predict", f"ckpt={ckpt}", f"image={root / 'val2017'}",

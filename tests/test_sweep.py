@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import TINY, changed
+
 MMTRAIN = str(Path(sys.executable).parent / "mmtrain")
-TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "stages.pretrain.epochs=1",
-        "stages.finetune.epochs=1", "model.image_encoder.width=8", "model.image_encoder.dim=16",
-        "model.text_encoder.embed_dim=16", "model.text_encoder.hidden_dim=16", "trainer.batch_size=64",
-        "trainer.log_every_n_steps=1", "trainer.progress=false", "logger.tensorboard=false"]
+# Runs that end with the test split and log every step: each job has curves and a test metric to rank by.
+SWEPT = changed(TINY, "data.n_train=256", "data.n_val=64", "data.n_test=64", "stages.finetune.epochs=1",
+                "model.text_encoder.embed_dim=16", "model.text_encoder.hidden_dim=16",
+                "trainer.batch_size=64", "trainer.log_every_n_steps=1", "test=true")
 
 
 def mmtrain(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -36,7 +38,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_grid_sweep_with_failing_jobs_still_writes_a_summary_ranked_best_first(tmp_path):
     sweep = tmp_path / "sweep"
     # lr=-1 is refused at start: two of the six jobs fail (in their own run dirs), the sweep goes on and then raises.
-    out = mmtrain("train", "-m", *TINY, "model.fusion.dim=16", "model/fusion=concat,sum",
+    out = mmtrain("train", "-m", *SWEPT, "model/fusion=concat,sum",
                   "optimizer.lr=3e-3,1e-3,-1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert "a learning rate is >= 0" in out.stderr
@@ -74,7 +76,7 @@ def test_grid_sweep_with_failing_jobs_still_writes_a_summary_ranked_best_first(t
 def test_optuna_search_runs_its_trials_and_prints_the_summary(tmp_path):
     sweep = tmp_path / "optuna"
     out = mmtrain("train", "+hparams_search=synthetic_optuna", "hydra.sweeper.n_trials=3",
-                  "hydra.sweeper.sampler.n_startup_trials=2", *TINY, "model.fusion.dim=16",
+                  "hydra.sweeper.sampler.n_startup_trials=2", *SWEPT,
                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())

@@ -5,21 +5,13 @@ the text (captioning, whose text is the target, without the image only)."""
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from mmtrain.config import register_schemas
 from mmtrain.eval import evaluate_checkpoint, run as eval_run
 from mmtrain.train import train
-from tests.zoo import CONF, compose_config, one_thread
+from tests.helpers import QUIET, compose
+from tests.zoo import compose_config
 
-TINY_RUN = ["trainer.batch_size=16", "trainer.progress=false", "logger.tensorboard=false",
-            "trainer.device=cpu"]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
+TINY_RUN = ["trainer.batch_size=16", "trainer.device=cpu", *QUIET]
 
 
 def test_classification_run_writes_a_confusion_png_and_eval_reports_three_ways(tmp_path, capsys):
@@ -30,9 +22,8 @@ def test_classification_run_writes_a_confusion_png_and_eval_reports_three_ways(t
     assert summary["artifacts"] == [str(png)] and png.read_bytes()[:4] == b"\x89PNG"
 
     best = tmp_path / "checkpoints" / "pretrain" / "best.pt"
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        eval_cfg = compose(config_name="eval", overrides=[f"ckpt={best}", "ablate=true", "device=cpu",
-                                                          f"out={tmp_path / 'eval.json'}"])
+    eval_cfg = compose([f"ckpt={best}", "ablate=true", "device=cpu", f"out={tmp_path / 'eval.json'}"],
+                       config_name="eval")
     eval_run(eval_cfg)
     table = capsys.readouterr().out
     assert "both" in table and "without image" in table and "without text" in table
@@ -45,9 +36,7 @@ def test_classification_run_writes_a_confusion_png_and_eval_reports_three_ways(t
 
 
 def test_contrastive_then_captioning_run_writes_examples_and_ablates_by_task(tmp_path):
-    register_schemas()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
+    cfg = compose([
             "stages=contrastive_captioning", "stages.pretrain.epochs=1", "stages.caption.epochs=1",
             "data.n_train=64", "data.n_val=16", "data.n_test=16", "data.image_size=16",
             "model/text_encoder=bow", "model.image_encoder.width=8", "model.image_encoder.depth=2",
@@ -69,9 +58,7 @@ def test_coco_caption_recipe_on_official_format_files_scores_against_every_refer
     from tests.data_helpers import coco_fixture
 
     root = coco_fixture(tmp_path / "coco")
-    register_schemas()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
+    cfg = compose([
             "+experiment=coco_caption", "model/image_encoder=cnn", f"data.root={root}", "data.image_size=32",
             "data.n_val=8",
             "data.tokenizer_options.max_length=16", "data.cache=false", "trainer.num_workers=0",

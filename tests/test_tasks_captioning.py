@@ -13,13 +13,7 @@ import torch
 
 from mmtrain.metrics import caption_scores, cider_d
 from mmtrain.tasks.captioning import beam_search
-from tests.zoo import build, compose_config, fixed_batch, one_thread, overfit
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
+from tests.zoo import build, compose_config, fixed_batch, overfit
 
 
 def words(*texts: str) -> list[list[str]]:

@@ -8,8 +8,8 @@ from mmtrain import data as data_lib
 from mmtrain.errors import ConfigError
 from mmtrain.models.model import build_model
 from mmtrain.tasks import Task
-from mmtrain.train import build_tasks
-from tests.trainer_utils import make_config, one_thread  # noqa: F401 (autouse fixture)
+from mmtrain.build import build_tasks
+from tests.helpers import make_config
 
 
 def _build(*overrides: str) -> list:

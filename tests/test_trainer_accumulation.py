@@ -9,8 +9,9 @@ import torch
 from mmtrain import data as data_lib
 from mmtrain.data.batch import collate
 from mmtrain.models.model import build_model
-from mmtrain.train import build_tasks, train
-from tests.trainer_utils import PER_SAMPLE, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from mmtrain.build import build_tasks
+from mmtrain.train import train
+from tests.helpers import PER_SAMPLE, make_config, weights
 
 
 # SGD without clipping: an update proportional to the gradient, so a wrongly scaled

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmtrain.train import train
-from tests.trainer_utils import PER_SAMPLE, PYTHON, TINY, cli_env, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import PER_SAMPLE, PYTHON, TINY, cli_env, make_config, weights
 
 # Per-sample losses and plain SGD (see test_trainer_accumulation.py): splitting the batch
 # over ranks must not change the update. The 2-process run also accumulates 2 micro-batches,

@@ -15,7 +15,7 @@ from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.engine.threads import default_num_threads
 from mmtrain.errors import ConfigError
 from mmtrain.train import print_summary, train
-from tests.trainer_utils import assert_same_weights, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import assert_same_weights, make_config, weights
 
 # 4 steps an epoch. min_delta=1.0: no accuracy change counts as an improvement after the
 # first epoch, so patience=2 stops the 6-epoch stage at epoch 3, deterministically.

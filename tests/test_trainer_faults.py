@@ -15,7 +15,7 @@ import torch
 from mmtrain.config import check_train_config
 from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.train import train
-from tests.trainer_utils import assert_same_weights, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import assert_same_weights, make_config, weights
 
 OVERRIDES = ["trainer.deterministic=true", "trainer.checkpoint.every_n_steps=1",
              "trainer.checkpoint.keep_last=2", "trainer.checkpoint.keep_best=2", "stages.finetune.epochs=4",

@@ -11,7 +11,7 @@ from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.errors import MmtrainError
 from mmtrain.tasks.classification import ClassificationTask
 from mmtrain.train import train
-from tests.trainer_utils import PER_SAMPLE, make_config, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import PER_SAMPLE, make_config
 
 
 def _nan_on_calls(monkeypatch, calls: set[int] | None) -> None:

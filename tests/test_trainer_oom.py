@@ -9,7 +9,7 @@ from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.errors import ConfigError
 from mmtrain.tasks.classification import ClassificationTask
 from mmtrain.train import train
-from tests.trainer_utils import PER_SAMPLE, make_config, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import PER_SAMPLE, make_config
 
 
 def test_out_of_memory_saves_last_pt_and_says_what_to_change(tmp_path, monkeypatch):

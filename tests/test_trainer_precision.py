@@ -1,16 +1,20 @@
-"""fp16 GradScaler state survives a resume; a compiled model's checkpoint loads uncompiled."""
+"""fp16 GradScaler state survives a resume; a compiled model's checkpoint loads uncompiled;
+bf16 asked of a GPU without it is refused at start."""
 
 from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 
 from mmtrain.engine.checkpoint import load_checkpoint
+from mmtrain.engine import precision
 from mmtrain.engine.optimizer import build_optimizer
+from mmtrain.errors import ConfigError
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.train import train
-from tests.trainer_utils import PER_SAMPLE, assert_same_weights, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import PER_SAMPLE, assert_same_weights, make_config, weights
 
 
 def test_fp16_scaler_state_round_trips_through_resume(tmp_path):
@@ -48,3 +52,18 @@ def test_adamw_uses_its_fused_kernel_on_cuda_only():
     # torch's fused AdamW also runs on CPU tensors, so the CUDA choice can be checked here.
     assert build_optimizer(cfg.optimizer, model, device=torch.device("cuda")).defaults["fused"] is True
     assert not build_optimizer(cfg.optimizer, model, device=torch.device("cpu")).defaults["fused"]
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_at_start_before_any_data_is_read(tmp_path, monkeypatch):
+    # An older GPU, faked: resolve_device hands out a cuda device that has no bf16.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert precision.resolve_precision("auto", torch.device("cuda")) == "32"
+    monkeypatch.setattr(precision, "resolve_device", lambda name: torch.device("cuda"))
+
+    def read(*args, **kwargs):
+        raise AssertionError("the data was read before the precision was checked")
+
+    monkeypatch.setattr("mmtrain.build.build_data", read)
+    with pytest.raises(ConfigError, match="precision=bf16-mixed needs a GPU with bf16"):
+        train(make_config("trainer.precision=bf16-mixed"), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.errors import CheckpointError
 from mmtrain.train import train
-from tests.trainer_utils import assert_same_weights, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import assert_same_weights, make_config
 
 # every_n_steps=1 and keep_last=99: a copy of last.pt after every step, i.e. every
 # state a crash could leave behind. 128 samples / 32 = 4 steps an epoch; 1 + 2 epochs.
@@ -36,22 +35,33 @@ def _resume_from(snapshot: Path, run: Path) -> Path:
     return run
 
 
-def test_resume_mid_epoch_and_at_stage_boundary_is_bit_identical(reference, tmp_path):
-    snapshots = sorted((reference / "checkpoints" / "finetune").glob("step-*.pt"))
-    assert len(snapshots) == 8  # 2 epochs x 4 steps
-    boundary = reference / "checkpoints" / "pretrain" / "step-0000004.pt"
-    assert load_checkpoint(boundary)["position"]["epoch"] == 1  # pretraining had just ended
-    seed = random.randrange(10**6)
-    mid_epoch = [s for s in snapshots if load_checkpoint(s)["position"]["step"] != 0]
-    picked = random.Random(seed).choice(mid_epoch)
-    end = weights(reference / "checkpoints" / "finetune" / "last.pt")
-    for snapshot in (boundary, picked):
-        run = _resume_from(snapshot, tmp_path / snapshot.stem)
-        resumed = load_checkpoint(run / "checkpoints" / "finetune" / "last.pt")
-        assert_same_weights(resumed["model"], end)
-        reference_last = load_checkpoint(reference / "checkpoints" / "finetune" / "last.pt")
-        assert resumed["metrics"] == reference_last["metrics"], f"seed {seed}, {snapshot.name}"
-        assert resumed["position"] == reference_last["position"]
+# Every kind of place a run can stop: (snapshot, its position {stage_index, epoch, step}).
+# Global steps 1-4 are pretraining's one epoch; 5-12 fine-tuning's two.
+POSITIONS = {
+    "stage boundary": ("pretrain/step-0000004.pt", (0, 1, 0)),   # pretraining has just ended
+    "a stage's first step": ("finetune/step-0000005.pt", (1, 0, 1)),
+    "epoch boundary": ("finetune/step-0000008.pt", (1, 1, 0)),
+    "mid-epoch": ("finetune/step-0000010.pt", (1, 1, 2)),
+    "the last step but one": ("finetune/step-0000011.pt", (1, 1, 3)),
+}
+
+
+def test_every_step_left_a_snapshot(reference):
+    assert len(list((reference / "checkpoints" / "finetune").glob("step-*.pt"))) == 8  # 2 epochs x 4 steps
+
+
+@pytest.mark.parametrize("where", POSITIONS)
+def test_resume_from_any_position_is_bit_identical(reference, tmp_path, where):
+    name, position = POSITIONS[where]
+    snapshot = reference / "checkpoints" / name
+    saved = load_checkpoint(snapshot)["position"]
+    assert (saved["stage_index"], saved["epoch"], saved["step"]) == position
+    run = _resume_from(snapshot, tmp_path / "run")
+    resumed = load_checkpoint(run / "checkpoints" / "finetune" / "last.pt")
+    reference_last = load_checkpoint(reference / "checkpoints" / "finetune" / "last.pt")
+    assert_same_weights(resumed["model"], reference_last["model"])
+    assert resumed["metrics"] == reference_last["metrics"]
+    assert resumed["position"] == reference_last["position"]
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(reference, tmp_path):

@@ -18,8 +18,7 @@ from mmtrain.engine.checkpoint import load_checkpoint
 from mmtrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, resume_command
 from mmtrain.engine.trainer import Trainer
 from mmtrain.train import train
-from tests.conftest import run_cli, tree_digest
-from tests.trainer_utils import PER_SAMPLE, PYTHON, ROOT, TINY, cli_env, make_config, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import PER_SAMPLE, PYTHON, ROOT, TINY, cli_env, make_config, run_cli, tree_digest
 
 
 def start(args: list[str]) -> subprocess.Popen:

@@ -6,7 +6,7 @@ import json
 
 import mmtrain.engine.trainer as trainer_module
 from mmtrain.train import train
-from tests.trainer_utils import assert_same_weights, make_config, weights, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers import assert_same_weights, make_config, weights
 
 
 def test_log_has_throughput_and_mfu_and_flop_counting_changes_no_weight(tmp_path, monkeypatch):

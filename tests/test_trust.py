@@ -17,16 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from mmtrain.config import config_dir, register_schemas
 from mmtrain.engine.checkpoint import atomic_save, load_checkpoint
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.eval import evaluate_checkpoint
 from mmtrain.trust import check_config_targets
-from tests.conftest import TINY, run_cli, train_in_process
+from tests.helpers import TINY_TESTED, choices, compose, run_cli, train_in_process
 
 SECTIONS = ["data", "model.image_encoder", "model.text_encoder", "model.fusion",
             "stages.pretrain.task", "stages.finetune.task", "optimizer", "scheduler"]
@@ -83,7 +80,7 @@ def _plant(config: dict, section: str, attack: dict, nested: bool) -> dict:
 @pytest.fixture(scope="module")
 def real_checkpoint(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("trusted") / "run"
-    train_in_process(run_dir, TINY + ["data.n_train=128", "data.n_val=64", "data.n_test=64"])
+    train_in_process(run_dir, TINY_TESTED + ["data.n_train=128", "data.n_val=64", "data.n_test=64"])
     return run_dir / "checkpoints" / "finetune" / "best.pt"
 
 
@@ -181,27 +178,16 @@ def test_the_untouched_checkpoint_still_evaluates_and_logs_beside_its_result(rea
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r", "r.json", "r.log"]
 
 
-def _compose(overrides: list[str]):
-    register_schemas()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
-
-
 @pytest.mark.parametrize("overrides", [
-    [], *[[f"+experiment={e}"] for e in _options("experiment")],
-    *[[f"stages={s}"] for s in _options("stages")], *[[f"optimizer={o}"] for o in _options("optimizer")],
-    *[[f"scheduler={s}"] for s in _options("scheduler")],
+    [], *[[f"+experiment={e}"] for e in choices("experiment")],
+    *[[f"stages={s}"] for s in choices("stages")], *[[f"optimizer={o}"] for o in choices("optimizer")],
+    *[[f"scheduler={s}"] for s in choices("scheduler")],
     *[[f"model/{g}={o}"] for g in ("image_encoder", "text_encoder", "fusion")
-      for o in _options(f"model/{g}")],
-    *[[f"data={d}"] for d in _options("data")],
+      for o in choices(f"model/{g}")],
+    *[[f"data={d}"] for d in choices("data")],
 ], ids=lambda o: o[0] if o else "default")
 def test_every_packaged_recipe_and_option_passes_the_check(overrides):
-    cfg = _compose(overrides)
+    cfg = compose(overrides)
     check_config_targets(OmegaConf.to_container(cfg, resolve=True), source="packaged")
     check_config_targets(cfg, source="packaged")  # as Hydra saves it, interpolations and all
 
@@ -227,7 +213,7 @@ def test_a_checkpoint_evaluates_without_the_pretrained_weights_it_started_from(r
     from mmtrain import data as data_lib
     from mmtrain.data.tokenizer import TextTokenizer
     from mmtrain.models.model import build_model
-    from mmtrain.train import build_tasks
+    from mmtrain.build import build_tasks
 
     ckpt = torch.load(real_checkpoint, map_location="cpu", weights_only=True)
     ckpt["config"]["model"]["image_encoder"] = {

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from mmtrain.engine.checkpoint import FORMAT_VERSION, atomic_save
 from mmtrain.eval import evaluate_checkpoint
-from tests.conftest import TINY, compose_train, run_cli
+from tests.helpers import TINY_TESTED, compose, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,9 @@ def genuine(tmp_path_factory) -> dict:
     """An untrained but complete checkpoint, built by hand in a second (no training)."""
     from mmtrain import data as data_lib
     from mmtrain.models.model import build_model
-    from mmtrain.train import build_tasks
+    from mmtrain.build import build_tasks
 
-    cfg = compose_train(TINY + ["data.n_train=32", "data.n_val=16", "data.n_test=16"])
+    cfg = compose(TINY_TESTED + ["data.n_train=32", "data.n_val=16", "data.n_test=16"])
     data = data_lib.build(cfg.data)
     model = build_model(cfg.model, data.info)
     build_tasks(cfg, model, data.info)

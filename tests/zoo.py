@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import hydra.utils
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from mmtrain import data as data_lib
-from mmtrain.config import check_train_config, register_schemas
+from mmtrain.build import build_data, build_tasks
+from mmtrain.config import check_train_config
 from mmtrain.data.batch import collate
 from mmtrain.models.model import build_model, model_tokenizer
+from tests.helpers import compose
 from tests.pretrained_models import save_tiny_bert, save_tiny_open_clip
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 # The tiny Hugging Face model the `hf` choice loads: written once per test process.
 TINY_BERT = Path(tempfile.gettempdir()) / f"mmtrain-tiny-bert-{os.getpid()}"
 # The tiny open_clip model (a local-dir: folder) the `open_clip` choices load, likewise.
 TINY_OPEN_CLIP = Path(tempfile.gettempdir()) / f"mmtrain-tiny-open-clip-{os.getpid()}"
 
 # Tiny widths for every choice, so a CPU test builds and trains them in well under a second.
-TINY = {
+TINY_CHOICES = {
     "model/image_encoder": {
         "cnn": ["width=8", "depth=2", "dim=32"],
         "resnet18": ["dim=32"],
@@ -60,30 +58,23 @@ TINY = {
 }
 
 
-def choices(group: str) -> list[str]:
-    """Every choice of a config group, read from conf/ (so a new YAML is tested automatically)."""
-    return sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
-
-
 def compose_config(image: str = "cnn", text: str = "bow", fusion: str = "concat", task: str = "classification",
                    image_size: int = 16, extra: list[str] | None = None) -> DictConfig:
     """The repo's train config with these choices at tiny widths, one stage of `task`."""
-    register_schemas()
     overrides = [f"model/image_encoder={image}", f"model/text_encoder={text}", f"model/fusion={fusion}",
                  f"task@stages.pretrain.task={task}", "~stages.finetune",
                  "data.n_train=64", "data.n_val=32", "data.n_test=32", f"data.image_size={image_size}",
                  "data.tokenizer_options.max_length=24"]
-    overrides += [f"model.image_encoder.{o}" for o in TINY["model/image_encoder"].get(image, [])]
-    overrides += [f"model.text_encoder.{o}" for o in TINY["model/text_encoder"].get(text, [])]
-    overrides += [f"model.fusion.{o}" for o in TINY["model/fusion"].get(fusion, [])]
-    overrides += [f"stages.pretrain.task.{o}" for o in TINY["task"].get(task, [])]
+    overrides += [f"model.image_encoder.{o}" for o in TINY_CHOICES["model/image_encoder"].get(image, [])]
+    overrides += [f"model.text_encoder.{o}" for o in TINY_CHOICES["model/text_encoder"].get(text, [])]
+    overrides += [f"model.fusion.{o}" for o in TINY_CHOICES["model/fusion"].get(fusion, [])]
+    overrides += [f"stages.pretrain.task.{o}" for o in TINY_CHOICES["task"].get(task, [])]
     overrides += extra or []
     if text == "hf" and not (TINY_BERT / "config.json").is_file():
         save_tiny_bert(TINY_BERT)
     if "open_clip" in (image, text):
         tiny_open_clip()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose(overrides)
     check_train_config(cfg)
     return cfg
 
@@ -95,26 +86,13 @@ def tiny_open_clip() -> Path:
     return TINY_OPEN_CLIP
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Tiny models run faster on one thread: syncing two costs more than it saves, and on a
-    shared 2-core CI machine spinning OpenMP threads make a test 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def build(cfg: DictConfig) -> tuple[Any, Any, data_lib.DataBundle]:
     """-> (model, its one task attached, data), initialised from a fixed seed."""
     torch.manual_seed(0)
-    data = data_lib.build(cfg.data, tokenizer=model_tokenizer(cfg.model, cfg.data))
+    data = build_data(cfg, model_tokenizer(cfg.model, cfg.data))
     model = build_model(cfg.model, data.info)
-    task = hydra.utils.instantiate(cfg.stages.pretrain.task, _convert_="all")
-    task.attach(model, data.info)
-    return model, task, data
+    (stage,) = build_tasks(cfg, model, data.info)
+    return model, stage.task, data
 
 
 def fixed_batch(data: data_lib.DataBundle, n: int = 16) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from mmtrain.atomic import write_atomically
 from mmtrain.errors import CheckpointError
 from mmtrain.trust import check_no_interpolation, trusted_config
+from mmtrain.weights import check_state, load_state
 
 FORMAT_VERSION = 1
 
@@ -147,30 +148,12 @@ def checkpoint_tokenizer(ckpt: dict[str, Any], path: Any) -> Any:
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
     """load_state_dict, with a mismatch explained in one line instead of a wall of keys."""
-    check_model_state(model, state, path)
-    model.load_state_dict(state)
+    load_state(model, state, f"checkpoint {path} does not fit this model/config")
 
 
 def check_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
     """What load_model_state refuses, without loading (so `model` may live on the meta device)."""
-    if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise CheckpointError(f"checkpoint {path}: its model weights are not a mapping of names to "
-                              f"tensors: refusing them")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-              for k, v in own.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
-        raise CheckpointError(f"checkpoint {path} does not fit this model/config: {'; '.join(parts)}")
+    check_state(model, state, f"checkpoint {path} does not fit this model/config")
 
 
 def config_mismatch(saved: dict[str, Any], current: dict[str, Any],

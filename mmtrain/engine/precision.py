@@ -13,7 +13,7 @@ from mmtrain.errors import ConfigError
 def resolve_device(name: str) -> torch.device:
     """auto: this rank's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU."""
     if name in ("auto", "cuda") and torch.cuda.is_available():
-        from mmtrain.engine.distributed import local_rank
+        from mmtrain.distributed import local_rank
 
         return torch.device("cuda", local_rank())
     if name == "auto":
@@ -27,12 +27,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16-mixed on a GPU that has bf16 (Ampere or newer), else 32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32"
+    """The precision a run uses, decided once at its start: auto is bf16-mixed on a GPU that
+    has bf16 (Ampere or newer), else 32; bf16-mixed asked of a GPU without it is refused here,
+    before any data is read, not at the first step."""
+    if precision == "auto":
+        return "bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+    if precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision=bf16-mixed needs a GPU with bf16 (Ampere or newer): use fp16-mixed")
+    return precision
 
 
 def enable_tf32(device: torch.device) -> None:
@@ -44,13 +46,10 @@ def enable_tf32(device: torch.device) -> None:
 
 
 def autocast(device: torch.device, precision: str) -> ContextManager:
-    """The autocast context for `precision` (a no-op for 32)."""
-    precision = resolve_precision(precision, device)
+    """The autocast context for a `resolve_precision`d precision (a no-op for 32)."""
     if precision == "32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise ConfigError("precision=bf16-mixed needs a GPU with bf16 (Ampere or newer): use fp16-mixed")
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from mmtrain.data import DataBundle
 from mmtrain.data.loader import make_loader, to_device
-from mmtrain.engine import distributed as dist
+from mmtrain import distributed as dist
 from mmtrain.engine.checkpoint import FORMAT_VERSION, CheckpointSaver, remove_partial_writes
 from mmtrain.engine import epoch_log
 from mmtrain.engine.logger import MetricLogger

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mmtrain.errors import CheckpointError, ConfigError
+from mmtrain.weights import misfit
 
 
 def find_init_checkpoint(path: str) -> Path:
@@ -38,20 +39,6 @@ def module_names(model: nn.Module) -> list[str]:
     return names + [f"heads.{h}" for h in heads]
 
 
-def _misfit(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> str | None:
-    """Why `theirs` cannot replace `mine`, or None when it can."""
-    if not theirs:
-        return "not in the checkpoint"
-    missing = [k for k in mine if k not in theirs]
-    extra = [k for k in theirs if k not in mine]
-    shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
-              if k in theirs and theirs[k].shape != v.shape]
-    for keys, what in ((shapes, "of another shape"), (missing, "missing"), (extra, "unexpected")):
-        if keys:
-            return f"{len(keys)} tensors {what}, e.g. {keys[0]}"
-    return None
-
-
 def load_modules(model: nn.Module, state: dict[str, torch.Tensor], modules: list[str] | None,
                  source: str | Path) -> tuple[list[str], dict[str, str]]:
     """Copy the fitting modules of `state` into `model` -> (loaded names, {skipped name: why}).
@@ -70,8 +57,8 @@ def load_modules(model: nn.Module, state: dict[str, torch.Tensor], modules: list
         prefix = name + "."
         mine = {k: v for k, v in own.items() if k.startswith(prefix)}
         theirs = {k: v for k, v in state.items() if k.startswith(prefix)}
-        reason = _misfit(mine, theirs)
-        if reason is None:
+        reason = "; ".join(misfit(mine, theirs)) if theirs else "not in the checkpoint"
+        if not reason:
             update.update(theirs)
             loaded.append(name)
         else:

@@ -18,6 +18,7 @@ from torch import nn
 
 from mmtrain.errors import CheckpointError, ConfigError
 from mmtrain.models import EncoderOutput, openclip
+from mmtrain.weights import load_state
 
 log = logging.getLogger("mmtrain")
 
@@ -58,19 +59,6 @@ def load_weights_file(path: str, what: str) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def load_fitting(module: nn.Module, state: dict[str, torch.Tensor], problem: str) -> None:
-    """Load `state` into `module`, or raise one line saying how many tensors are missing or misshapen."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    misshapen = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    unexpected = [k for k in state if k not in expected]
-    if missing or misshapen or unexpected:
-        details = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
-                   ((missing, "missing"), (misshapen, "of another shape"), (unexpected, "unexpected")) if keys]
-        raise CheckpointError(f"{problem}: tensors {', '.join(details)}")
-    module.load_state_dict(state)
-
-
 def _adapt_input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     """A copy of an RGB input conv for `in_channels`: grayscale sums the RGB filters, so a
     grey image gives the response the RGB net gives to the same image in colour."""
@@ -105,7 +93,7 @@ class ResNetEncoder(nn.Module):
 
         net = getattr(torchvision.models, arch)(weights=None)
         if pretrained:
-            load_fitting(net, load_weights_file(pretrained, "model.image_encoder"),
+            load_state(net, load_weights_file(pretrained, "model.image_encoder"),
                          f"model.image_encoder.pretrained={pretrained} does not hold {arch} weights")
         if small_input:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
@@ -152,7 +140,7 @@ class ViTEncoder(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith("heads.")}
             if "encoder.pos_embedding" in state:
                 state = interpolate_embeddings(image_size, patch_size, state)
-            load_fitting(self.vit, state, f"model.image_encoder.pretrained={pretrained} does not fit this "
+            load_state(self.vit, state, f"model.image_encoder.pretrained={pretrained} does not fit this "
                                           f"ViT (dim={dim}, depth={depth}, patch_size={patch_size})")
         self.vit.conv_proj = _adapt_input_conv(self.vit.conv_proj, in_channels)
         self.out_dim = dim

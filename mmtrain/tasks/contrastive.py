@@ -12,7 +12,7 @@ the whole accumulated batch, the GradCache trick (open_clip's `--accum-freq`): s
 from __future__ import annotations
 
 import math
-from typing import Callable, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 import torch.distributed
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtrain.data import DataInfo
-from mmtrain.engine.distributed import all_gather_with_grad, world_size
+from mmtrain.distributed import all_gather_with_grad, world_size
 from mmtrain.models.model import MultimodalModel
 from mmtrain.tasks import Batch, Evaluation, Task
 
