@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import warnings
@@ -64,6 +65,9 @@ def _no_process_left_running():
     before = {p.pid for p in multiprocessing.active_children()}
     yield
     left = [p for p in multiprocessing.active_children() if p.pid not in before]
+    if left:  # an iterator in a reference cycle (an exception's traceback) ends its workers when collected
+        gc.collect()
+        left = [p for p in multiprocessing.active_children() if p.pid not in before]
     if left:  # a warning: the summary shows it, from pytest-xdist's workers too
         warnings.warn(f"left child processes running (killed at exit): {', '.join(p.name for p in left)}")
 

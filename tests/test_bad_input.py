@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import gc
 import gzip
 import json
+import multiprocessing
 import os
 import struct
 import zipfile
@@ -94,6 +96,11 @@ def test_a_decompression_bomb_in_a_loader_worker_reaches_the_user_as_one_line_na
     assert len(lines) == 1 and lines[0].startswith(f"mmtrain: error: image {victim} is refused as a "
                                                    f"possible decompression bomb")
     assert "Traceback" not in lines[0] and "worker" not in lines[0]
+    # The worker that raised does not outlive its iterator: torch's shutdown had left it
+    # waiting for work, and a process exit waiting for it (it ignores SIGTERM) forever.
+    del loader, err
+    gc.collect()
+    assert not multiprocessing.active_children()
 
 
 @pytest.fixture(scope="module")

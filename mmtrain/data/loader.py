@@ -41,31 +41,44 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 
 class _TrackedLoader(DataLoader):
-    """Remembers its worker iterators: an iterator can outlive its loader (a kept traceback
-    holds the step loop's frame, a notebook keeps a variable), and its workers must still be
-    ended at exit."""
+    """Remembers its iterators and their worker processes: an iterator can outlive its
+    loader (a kept traceback holds the step loop's frame, a notebook keeps a variable), and
+    a worker can outlive its iterator (torch's shutdown ends a worker it cannot join with
+    SIGTERM, which ours ignore: seen after a worker raised on a bad image)."""
 
     def _get_iterator(self) -> Any:  # torch's one place that makes an iterator
         iterator = super()._get_iterator()
         if self.num_workers > 0:
+            workers = list(getattr(iterator, "_workers", []))
             _WORKER_ITERATORS.add(iterator)
+            _WORKERS.update(workers)
+            # Runs after torch's own shutdown in the iterator's __del__: whatever it left alive
+            # would wait for work forever (a notebook keeps running).
+            weakref.finalize(iterator, _kill_alive, workers).atexit = False
         return iterator
 
 
 _WORKER_ITERATORS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+# multiprocessing keeps a started process in its children until it is joined, so a worker
+# stays in here exactly as long as it can still block the exit.
+_WORKERS: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 @atexit.register
 def _end_workers() -> None:
-    """Persistent workers end when their iterator is collected, which a traceback (a run
-    stopped by a signal or an error) delays past this point; multiprocessing would then
-    SIGTERM them, which they ignore, and wait forever. End them first: registered after
-    multiprocessing's and torch's exit hooks, this runs before both."""
+    """multiprocessing's exit hook SIGTERMs daemonic children, which our workers ignore, and
+    then joins them: forever. End them first, gracefully where their iterator still exists:
+    registered after multiprocessing's and torch's exit hooks, this runs before both."""
     for iterator in list(_WORKER_ITERATORS):
         iterator._shutdown_workers()
-        for worker in getattr(iterator, "_workers", []):
-            if worker.is_alive():  # stuck: SIGTERM would be ignored
-                worker.kill()
+    _kill_alive(list(_WORKERS))
+
+
+def _kill_alive(workers: list[Any]) -> None:
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=10)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
