@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from mmtrain.data.batch import collate
 from mmtrain.data.sampler import EpochSampler
@@ -40,45 +41,45 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+class _WorkerIterator(_MultiProcessingDataLoaderIter):
+    """torch's iterator, whose shutdown also ends the workers it could not join: torch
+    SIGTERMs those, which ours ignore, so they waited for work forever (seen after a worker
+    raised on a bad image), and a process exit then waited for them."""
+
+    def _shutdown_workers(self) -> None:
+        done_before = self._shutdown
+        super()._shutdown_workers()
+        if self._shutdown and not done_before:  # torch stopped watching them: no SIGCHLD error
+            for worker in self._workers:
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join(timeout=10)
+
+
 class _TrackedLoader(DataLoader):
-    """Remembers its iterators and their worker processes: an iterator can outlive its
-    loader (a kept traceback holds the step loop's frame, a notebook keeps a variable), and
-    a worker can outlive its iterator (torch's shutdown ends a worker it cannot join with
-    SIGTERM, which ours ignore: seen after a worker raised on a bad image)."""
+    """Remembers its worker iterators: an iterator can outlive its loader (a kept traceback
+    holds the step loop's frame, a notebook keeps a variable), and its workers must still be
+    ended at exit."""
 
     def _get_iterator(self) -> Any:  # torch's one place that makes an iterator
-        iterator = super()._get_iterator()
-        if self.num_workers > 0:
-            workers = list(getattr(iterator, "_workers", []))
-            _WORKER_ITERATORS.add(iterator)
-            _WORKERS.update(workers)
-            # Runs after torch's own shutdown in the iterator's __del__: whatever it left alive
-            # would wait for work forever (a notebook keeps running).
-            weakref.finalize(iterator, _kill_alive, workers).atexit = False
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        self.check_worker_number_rationality()
+        iterator = _WorkerIterator(self)
+        _WORKER_ITERATORS.add(iterator)
         return iterator
 
 
-_WORKER_ITERATORS: "weakref.WeakSet[Any]" = weakref.WeakSet()
-# multiprocessing keeps a started process in its children until it is joined, so a worker
-# stays in here exactly as long as it can still block the exit.
-_WORKERS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_WORKER_ITERATORS: "weakref.WeakSet[_WorkerIterator]" = weakref.WeakSet()
 
 
 @atexit.register
 def _end_workers() -> None:
     """multiprocessing's exit hook SIGTERMs daemonic children, which our workers ignore, and
-    then joins them: forever. End them first, gracefully where their iterator still exists:
-    registered after multiprocessing's and torch's exit hooks, this runs before both."""
+    then joins them: forever. End them first: registered after multiprocessing's and
+    torch's exit hooks, this runs before both, while torch's shutdown still works."""
     for iterator in list(_WORKER_ITERATORS):
         iterator._shutdown_workers()
-    _kill_alive(list(_WORKERS))
-
-
-def _kill_alive(workers: list[Any]) -> None:
-    for worker in workers:
-        if worker.is_alive():
-            worker.kill()
-            worker.join(timeout=10)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
