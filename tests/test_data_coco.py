@@ -106,6 +106,22 @@ def test_the_interpolation_reaches_the_splits_the_image_cache_and_the_data_info(
     assert DataInfo(**payload).interpolation == "bilinear"
 
 
+def test_a_run_saved_before_the_interpolation_option_resumes_as_bilinear(coco_clip, tmp_path):
+    from omegaconf import OmegaConf
+
+    from mmtrain.errors import CheckpointError
+    from mmtrain.run_dir import load_resume
+
+    payload = torch.load(coco_clip[0].parent / "last.pt", weights_only=True)
+    cfg = OmegaConf.create(payload["config"])
+    del payload["config"]["data"]["interpolation"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_resume(cfg, tmp_path / "old.pt")["position"] == payload["position"]
+    cfg.data.interpolation = "bicubic"
+    with pytest.raises(CheckpointError, match="data.interpolation: 'bilinear' in the checkpoint, 'bicubic' now"):
+        load_resume(cfg, tmp_path / "old.pt")
+
+
 def test_an_unknown_interpolation_is_one_line_naming_the_choices(tmp_path):
     from tests.inference_helpers import mmtrain_in_process
     from tests.test_predict import one_error_line
