@@ -107,9 +107,9 @@ def preprocess_config(name: str, pretrained: Union[bool, str, None], what: str) 
     schema, overlay = _schema(name), {}
     if schema:
         model_config(name, what)  # a missing or unreadable config is refused there, in one line
-        folder = _local(name).split(":", 1)[1]
-        path = (Path(folder) / "open_clip_config.json" if schema == "local-dir" else
-                Path(download_pretrained_from_hf(folder, filename="open_clip_config.json")))
+        where = _local(name).split(":", 1)[1]  # the folder, or the hub repo id
+        path = (Path(where) / "open_clip_config.json" if schema == "local-dir" else
+                Path(download_pretrained_from_hf(where, filename="open_clip_config.json")))
         overlay = json.loads(path.read_text(encoding="utf-8")).get("preprocess_cfg") or {}
     else:
         weights = weights_path(pretrained, what)
