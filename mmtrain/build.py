@@ -45,21 +45,27 @@ def _command_line_keys() -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
 
 
-def follow_pretrained_input_size(cfg: DictConfig) -> None:
-    """data.image_size becomes a pretrained image encoder's input size, unless the command line
-    sets it: transfer works best at the resolution the weights were trained at."""
+def follow_pretrained_preprocessing(cfg: DictConfig) -> None:
+    """data.image_size and data.interpolation become a pretrained image encoder's input size and
+    resize filter, unless the command line sets them: transfer works best on images prepared
+    as the weights' were. A data family without the key (mnist_imdb's 28 px digits) keeps its own."""
+    from mmtrain.data.coco import INTERPOLATIONS
     from mmtrain.models.model import model_data_config
 
-    size = model_data_config(cfg.model).get("image_size")
-    if size is None or "image_size" not in cfg.data or cfg.data.image_size == size:
-        return
-    if "data.image_size" in _command_line_keys():
-        log.info("data.image_size=%s as set, although the image encoder was pretrained at %d px",
-                 cfg.data.image_size, size)
-        return
-    log.info("data.image_size: %s -> %d, the image encoder's pretraining size (set data.image_size "
-             "on the command line to keep another)", cfg.data.image_size, size)
-    cfg.data.image_size = size
+    set_here = _command_line_keys()
+    for key, value in model_data_config(cfg.model).items():
+        if key not in cfg.data or cfg.data[key] == value:
+            continue
+        if key == "interpolation" and value not in INTERPOLATIONS:
+            log.info("data.interpolation=%s kept: the image encoder was pretrained on %s-resized images, "
+                     "a filter mmtrain does not offer", cfg.data.interpolation, value)
+        elif f"data.{key}" in set_here:
+            log.info("data.%s=%s as set, although the image encoder was pretrained with %s",
+                     key, cfg.data[key], value)
+        else:
+            log.info("data.%s: %s -> %s, the image encoder's pretraining preprocessing (set data.%s on "
+                     "the command line to keep another)", key, cfg.data[key], value, key)
+            cfg.data[key] = value
 
 
 def build_data(cfg: DictConfig, tokenizer: Any = None) -> Any:

@@ -8,7 +8,7 @@ What is exported follows the checkpoint's task, each graph with a dynamic batch 
   log_probs of the next token), for a greedy or beam search loop of your own.
 Images enter as uint8 N x C x H x W: the graphs normalize them as training did. Beside the
 graphs: `tokenizer.json` (Hugging Face `tokenizers`, padding and truncation set) and
-`preprocess.json` (size, colour mode, mean, std, max length, class names, special ids).
+`preprocess.json` (size, colour mode, resize interpolation, mean, std, max length, class names, special ids).
 
 Every graph is checked at export time against PyTorch on inputs of another batch size and
 text length than it was traced with (real files with image=/text_file=): the largest
@@ -292,6 +292,7 @@ def preprocess_json(loaded: Loaded, graphs: dict[str, Any]) -> dict[str, Any]:
         "image": {"size": info.image_size, "channels": info.image_channels,
                   "mode": "L" if info.image_channels == 1 else "RGB",
                   "resize": "shorter side to size (antialiased), then center crop to size x size",
+                  "interpolation": info.interpolation,
                   "input": "uint8, N x C x size x size; the graphs scale by 1/255 and normalize themselves",
                   "mean": list(loaded.model.image_mean.flatten().tolist()),
                   "std": list(loaded.model.image_std.flatten().tolist())},

@@ -2,9 +2,9 @@
 and texts prepared exactly as training and evaluation prepare them.
 
 Shared by `mmtrain predict`, `embed`, `search` and `export`. No dataset is read: the data
-info (image size, channels, mean/std, class names) travels in the checkpoint, images are
-decoded by the data pipeline's own `load_image` (resize on the shorter side, center crop,
-RGB or grayscale) and normalized inside the model, as in training.
+info (image size, channels, resize filter, mean/std, class names) travels in the checkpoint,
+images are decoded by the data pipeline's own `load_image` (resize on the shorter side with
+the training's filter, center crop, RGB or grayscale) and normalized inside the model, as in training.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmtrain.atomic import write_text
 from mmtrain.data import DataInfo
-from mmtrain.data.coco import load_image
+from mmtrain.data.coco import INTERPOLATIONS, load_image
 from mmtrain.data.tokenizer import TextTokenizer
 from mmtrain.errors import CheckpointError, ConfigError, DataError
 
@@ -73,7 +73,8 @@ def data_info(ckpt: dict[str, Any], path: Path, tokenizer: TextTokenizer) -> Dat
               and all(isinstance(n, int) and n > 0 for n in info.num_classes.values())
               and all(len(names) == info.num_classes.get(k, len(names)) for k, names in info.class_names.items())
               and all(isinstance(t, str) for ts in info.prompt_templates.values() for t in ts)
-              and len(info.image_mean) == len(info.image_std) > 0)
+              and len(info.image_mean) == len(info.image_std) > 0
+              and info.interpolation in INTERPOLATIONS)
     except (TypeError, AttributeError):
         ok = False
     if not ok:
@@ -135,6 +136,7 @@ class ImageFiles(Dataset):
 
     def __init__(self, paths: Sequence[Path], info: DataInfo) -> None:
         self.paths, self.size, self.channels = list(paths), info.image_size, info.image_channels
+        self.interpolation = info.interpolation
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -142,7 +144,8 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
         try:
             return i, load_image(str(self.paths[i]), self.size, self.channels,
-                                 hint="it is not an image Pillow can read, or it is truncated")
+                                 hint="it is not an image Pillow can read, or it is truncated",
+                                 interpolation=self.interpolation)
         except DataError as e:
             return i, str(e)
 

@@ -157,7 +157,11 @@ def load_resume(cfg: DictConfig, resume_path: Path | None) -> dict | None:
     # An optimizer of another kind cannot take over the saved state (SGD has no Adam moments).
     sections = ("model", "data", "seed", "optimizer._target_", "trainer.batch_size",
                 "trainer.accumulate_grad_batches") + tuple(f"stages.{n}.task" for n in cfg.stages)
-    differ = config_mismatch(resume["config"], OmegaConf.to_container(cfg, resolve=True), sections,
+    saved = resume["config"]
+    if "interpolation" in cfg.data and "interpolation" not in (saved.get("data") or {}):
+        # Saved before data.interpolation existed: its images were resized bilinearly.
+        saved = {**saved, "data": {**saved["data"], "interpolation": "bilinear"}}
+    differ = config_mismatch(saved, OmegaConf.to_container(cfg, resolve=True), sections,
                              ignore=("data.root", "data.download", "data.cache", "data.cache_images",
                                      "data.cache_dir"))
     if differ:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmtrain import run_dir as run_dir_lib
 from mmtrain.atomic import write_json
-from mmtrain.build import build_run, follow_pretrained_input_size, seed_everything
+from mmtrain.build import build_run, follow_pretrained_preprocessing, seed_everything
 from mmtrain.config import TrainConfig, check_train_config, config_dir, instantiate, register_schemas
 from mmtrain.errors import ConfigError
 
@@ -171,7 +171,7 @@ def _checked_start(cfg: DictConfig, run_dir: Path, hydra_cfg: Any, lock: run_dir
 def begin(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict | None]:
     """Check the config and what the run dir holds; -> (checkpoint to resume, its contents)."""
     check_train_config(cfg)
-    follow_pretrained_input_size(cfg)  # before the resume check: the checkpoint has the followed size
+    follow_pretrained_preprocessing(cfg)  # before the resume check: the checkpoint has the followed data
     resume_path = run_dir_lib.prepare_run_dir(cfg, run_dir)
     return resume_path, run_dir_lib.load_resume(cfg, resume_path)
 

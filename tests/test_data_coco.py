@@ -61,23 +61,75 @@ def photo(path: Path, width: int, height: int) -> Path:
     return path
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("width,height,size", [(640, 480, 224), (640, 480, 64), (480, 640, 64), (500, 333, 96)])
 def test_draft_decoded_images_match_torchvision_resize_and_center_crop_of_the_full_picture(
-        tmp_path, width, height, size):
-    from torchvision.transforms.v2 import functional as TF
+        tmp_path, width, height, size, interpolation):
+    from torchvision.transforms.v2 import InterpolationMode, functional as TF
 
     from mmtrain.data.coco import load_image
 
     path = photo(tmp_path / "photo.jpg", width, height)
     full = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
-    reference = TF.center_crop(TF.resize(full, size, antialias=True), [size, size])
-    image = load_image(str(path), size)
+    references = {mode: TF.center_crop(TF.resize(full, size, InterpolationMode(mode), antialias=True), [size, size])
+                  for mode in ("bilinear", "bicubic")}
+    reference = references[interpolation]
+    image = load_image(str(path), size, interpolation=interpolation)
     assert image.shape == reference.shape and image.dtype == torch.uint8
     # Reduced-scale DCT decoding is not bit-exact, but within about a grey level on average.
     assert (image.float() - reference.float()).abs().mean() < 1.5
     Image.open(path).save(tmp_path / "photo.png")   # PNG: no draft mode, the same crop and filter
-    png = load_image(str(tmp_path / "photo.png"), size)
+    png = load_image(str(tmp_path / "photo.png"), size, interpolation=interpolation)
     assert (png.float() - reference.float()).abs().mean() < 0.1
+    # The filter asked for, not the other one: closer to its own reference by far.
+    other = references["bicubic" if interpolation == "bilinear" else "bilinear"]
+    assert (png.float() - other.float()).abs().mean() > 2 * (png.float() - reference.float()).abs().mean()
+
+
+def test_the_interpolation_reaches_the_splits_the_image_cache_and_the_data_info(tmp_path):
+    from mmtrain.data import DataInfo
+    from mmtrain.data.coco import load_image
+
+    root = coco_fixture(tmp_path, n_train=12, n_val=4)
+    bicubic = build(root, n_val=2, interpolation="bicubic")
+    first = bicubic.test.images.paths[0]
+    assert torch.equal(bicubic.test[0]["image"], load_image(first, 32, interpolation="bicubic"))
+    assert not torch.equal(bicubic.test[0]["image"], load_image(first, 32))
+    cache = {"cache_images": True, "cache_workers": 0, "cache_dir": str(tmp_path / "cache")}
+    build(root, n_val=2, **cache)
+    cached = build(root, n_val=2, interpolation="bicubic", **cache)
+    assert len(list((tmp_path / "cache").glob("coco-images-*.npy"))) == 6   # 3 splits x 2 filters
+    assert torch.equal(cached.test[0]["image"], bicubic.test[0]["image"])
+    payload = bicubic.info.to_payload()
+    assert DataInfo(**payload).interpolation == "bicubic"
+    del payload["interpolation"]                      # a checkpoint saved before the option
+    assert DataInfo(**payload).interpolation == "bilinear"
+
+
+def test_a_run_saved_before_the_interpolation_option_resumes_as_bilinear(coco_clip, tmp_path):
+    from omegaconf import OmegaConf
+
+    from mmtrain.errors import CheckpointError
+    from mmtrain.run_dir import load_resume
+
+    payload = torch.load(coco_clip[0].parent / "last.pt", weights_only=True)
+    cfg = OmegaConf.create(payload["config"])
+    del payload["config"]["data"]["interpolation"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_resume(cfg, tmp_path / "old.pt")["position"] == payload["position"]
+    cfg.data.interpolation = "bicubic"
+    with pytest.raises(CheckpointError, match="data.interpolation: 'bilinear' in the checkpoint, 'bicubic' now"):
+        load_resume(cfg, tmp_path / "old.pt")
+
+
+def test_an_unknown_interpolation_is_one_line_naming_the_choices(tmp_path):
+    from tests.inference_helpers import mmtrain_in_process
+    from tests.test_predict import one_error_line
+
+    root = coco_fixture(tmp_path, n_train=12, n_val=4)
+    code, _, err = mmtrain_in_process(["train", "+experiment=coco_clip", f"data.root={root}", "data.n_val=2",
+                                       "data.interpolation=bicubc", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert "data.interpolation='bicubc': choose bilinear or bicubic" in one_error_line(code, err)
 
 
 def test_train_has_one_sample_per_image_and_rotates_its_captions_by_epoch(root):

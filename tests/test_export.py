@@ -39,6 +39,7 @@ def assert_exported(loaded: Loaded, out: Path, fmt: str = "onnx") -> dict:
         assert r["parity_max_abs_diff"] < TOLERANCE and (out / r["file"]).is_file(), r
     pre = json.loads((out / "preprocess.json").read_text())
     assert pre["graphs"] == report and pre["text"]["max_length"] == loaded.tokenizer.max_length
+    assert pre["image"]["interpolation"] == loaded.info.interpolation
     return report
 
 

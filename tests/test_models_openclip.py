@@ -127,6 +127,29 @@ def test_preprocessing_and_input_size_follow_the_model_config(tiny_clip, tmp_pat
     assert model.image_mean.flatten().tolist() != pytest.approx(ckpt["data_info"]["image_mean"])
 
 
+def test_the_data_resizes_with_the_interpolation_open_clip_gives_the_model(tiny_clip, tmp_path):
+    import mmtrain.build
+    from mmtrain.models.image_encoder import OpenCLIPImageEncoder
+
+    folder, weights = tiny_clip
+    bilinear = tmp_path / "bilinear-clip"
+    shutil.copytree(folder, bilinear)
+    config = json.loads((bilinear / "open_clip_config.json").read_text())
+    config["preprocess_cfg"]["interpolation"] = "bilinear"
+    (bilinear / "open_clip_config.json").write_text(json.dumps(config))
+    cases = {f"local-dir:{folder}": None, f"local-dir:{bilinear}": None, TINY_NAME: str(weights)}
+    for name, pretrained in cases.items():
+        ours = OpenCLIPImageEncoder.data_config(name, pretrained)
+        theirs = open_clip.get_model_preprocess_cfg(open_clip.create_model(name, pretrained=pretrained))
+        assert ours["interpolation"] == theirs["interpolation"], name
+    assert OpenCLIPImageEncoder.data_config(f"local-dir:{bilinear}")["interpolation"] == "bilinear"
+    assert OpenCLIPImageEncoder.data_config(TINY_NAME, None) == {}    # random weights: nothing to follow
+    cfg = open_clip_config(f"local-dir:{folder}", "data=coco_captions")
+    assert cfg.data.interpolation == "bilinear"
+    mmtrain.build.follow_pretrained_preprocessing(cfg)
+    assert (cfg.data.interpolation, cfg.data.image_size) == ("bicubic", 24)   # open_clip's default filter
+
+
 @pytest.mark.slow
 def test_fine_tuning_lowers_the_loss_and_the_checkpoint_evaluates_offline(tiny_clip, tmp_path):
     folder, _ = tiny_clip

@@ -108,16 +108,41 @@ def test_the_data_follows_the_pretrained_input_size_unless_the_command_line_sets
     save_tiny_timm_vit(tmp_path / "v.pth")
     cfg = pretrained_config(*TIMM_TINY, f"model.image_encoder.pretrained={tmp_path / 'v.pth'}")
     assert cfg.data.image_size == 32
-    mmtrain.build.follow_pretrained_input_size(cfg)
+    mmtrain.build.follow_pretrained_preprocessing(cfg)
     assert cfg.data.image_size == 16                      # the overlay's pretraining size
     cfg = pretrained_config(*TIMM_TINY, "model.image_encoder.pretrained=false")
-    mmtrain.build.follow_pretrained_input_size(cfg)
+    mmtrain.build.follow_pretrained_preprocessing(cfg)
     assert cfg.data.image_size == 32                      # random weights: nothing to follow
     cfg = pretrained_config(*TIMM_TINY, f"model.image_encoder.pretrained={tmp_path / 'v.pth'}",
                             "data.image_size=24")
     monkeypatch.setattr(mmtrain.build, "_command_line_keys", lambda: {"data.image_size"})
-    mmtrain.build.follow_pretrained_input_size(cfg)
+    mmtrain.build.follow_pretrained_preprocessing(cfg)
     assert cfg.data.image_size == 24
+
+
+
+def test_the_data_resizes_with_the_pretrained_interpolation_unless_the_command_line_sets_it(tmp_path, monkeypatch):
+    import mmtrain.build
+
+    save_tiny_timm_vit(tmp_path / "v.pth")
+    # The ViT "pretrained on bicubic-resized images", as augreg and CLIP weights say they were.
+    bicubic = TIMM_TINY[-1].replace("input_size:[3,16,16]", "input_size:[3,16,16],interpolation:bicubic")
+    assert bicubic != TIMM_TINY[-1]
+    weights = f"model.image_encoder.pretrained={tmp_path / 'v.pth'}"
+    cfg = pretrained_config(*TIMM_TINY[:-1], weights, bicubic, "data=coco_captions")
+    assert cfg.data.interpolation == "bilinear"
+    mmtrain.build.follow_pretrained_preprocessing(cfg)
+    assert (cfg.data.interpolation, cfg.data.image_size) == ("bicubic", 16)
+    cfg = pretrained_config(*TIMM_TINY[:-1], weights, bicubic, "data=coco_captions", "data.interpolation=bilinear")
+    monkeypatch.setattr(mmtrain.build, "_command_line_keys", lambda: {"data.interpolation"})
+    mmtrain.build.follow_pretrained_preprocessing(cfg)
+    assert (cfg.data.interpolation, cfg.data.image_size) == ("bilinear", 16)
+    cfg = pretrained_config(*TIMM_TINY[:-1], weights, bicubic.replace("bicubic", "lanczos"), "data=coco_captions")
+    mmtrain.build.follow_pretrained_preprocessing(cfg)
+    assert cfg.data.interpolation == "bilinear"           # a filter mmtrain lacks: kept, logged
+    cfg = pretrained_config(*TIMM_TINY[:-1], weights, bicubic)  # synthetic data has no resize to follow
+    mmtrain.build.follow_pretrained_preprocessing(cfg)
+    assert "interpolation" not in cfg.data
 
 
 def test_pretrained_true_is_timms_own_resolution(monkeypatch):

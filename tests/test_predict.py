@@ -103,6 +103,27 @@ def test_captioning_checkpoint_writes_a_caption_per_image_with_greedy_and_beam(t
     assert "writes the text itself" in one_error_line(code, err)
 
 
+def test_a_checkpoint_trained_on_bicubic_images_decodes_new_images_with_bicubic(coco_clip, tmp_path):
+    from mmtrain.data.coco import load_image
+    from mmtrain.inference import image_batches, load_for_inference
+
+    ckpt, root = coco_clip
+    photo = str(sorted((root / "val2017").glob("*.jpg"))[0])
+    payload = torch.load(ckpt, weights_only=True)
+    size = payload["data_info"]["image_size"]
+    assert payload["data_info"]["interpolation"] == "bilinear"
+    assert not torch.equal(load_image(photo, size, interpolation="bicubic"), load_image(photo, size))
+    payload["data_info"]["interpolation"] = "bicubic"   # as data.interpolation=bicubic saves it
+    torch.save(payload, tmp_path / "bicubic.pt")
+    del payload["data_info"]["interpolation"]            # as a checkpoint from before the option
+    torch.save(payload, tmp_path / "old.pt")
+    for name, interpolation in (("bicubic.pt", "bicubic"), ("old.pt", "bilinear")):
+        loaded = load_for_inference(tmp_path / name, device="cpu")
+        assert loaded.info.interpolation == interpolation
+        batch = next(image_batches([photo], loaded.info, 1))
+        assert torch.equal(batch.images[0], load_image(photo, size, interpolation=interpolation)), name
+
+
 def one_error_line(code: int, stderr: str) -> str:
     assert code == 2, (code, stderr[-2000:])
     lines = stderr.strip().splitlines()
@@ -121,6 +142,10 @@ def test_bad_inputs_get_one_line_and_exit_2(synthetic_classifier, coco_clip, tmp
     payload = torch.load(ckpt, weights_only=True)
     del payload["data_info"]
     torch.save(payload, old)
+    lanczos = tmp_path / "lanczos.pt"
+    payload = torch.load(ckpt, weights_only=True)
+    payload["data_info"]["interpolation"] = "lanczos"
+    torch.save(payload, lanczos)
     foreign = tmp_path / "foreign.pt"
     payload = torch.load(ckpt, weights_only=True)
     payload["config"]["model"]["fusion"]["_target_"] = "os.system"
@@ -133,6 +158,7 @@ def test_bad_inputs_get_one_line_and_exit_2(synthetic_classifier, coco_clip, tmp
         "it was not cut": [f"ckpt={ckpt}", image, f"text={long_text}"],
         "needs a contrastive one": [f"ckpt={synthetic_classifier}", image, "labels=[a,b]"],
         "predates data info": [f"ckpt={old}", image, "text=a"],
+        "has malformed data info": [f"ckpt={lanczos}", image, "text=a"],
         "checkpoint not found": ["ckpt=nope.pt", image, "text=a"],
         "'os.system' is not an mmtrain component": [f"ckpt={foreign}", image, "text=a"],
         "name a .json or .csv": [f"ckpt={ckpt}", image, "text=a", "out=x.txt"],

@@ -34,6 +34,9 @@ class DataInfo:
     prompt_templates: dict[str, list[str]] = field(default_factory=dict)
     """Label key -> zero-shot prompts ({} = the class name), as OpenAI's CLIP writes them per
     dataset: `mmtrain eval zero_shot=true` averages a class's prompts."""
+    interpolation: str = "bilinear"
+    """The resize filter the images were prepared with (data.interpolation): inference
+    decodes new images with the same one. A checkpoint saved before it was stored had bilinear."""
     references: dict[int, list[str]] = field(default_factory=dict, repr=False)
     """image_id -> its raw reference captions (val and test images of a caption set): what
     caption metrics score against, never the tokenizer's view of them."""

@@ -12,8 +12,9 @@ Training yields one sample per image per epoch with one of its captions: caption
 resumed run draws the same ones. Validation and test yield one sample per (image,
 caption) pair, in a fixed order, each with its `image_id`, for multi-caption recall.
 Every image reaches the model as uint8 3 x image_size x image_size RGB (grayscale and
-CMYK JPEGs converted), resized on its shorter side and center-cropped, decoded in the
-DataLoader workers (or once, into the optional pre-resized cache: data.cache_images).
+CMYK JPEGs converted), resized on its shorter side (data.interpolation: bilinear or bicubic,
+antialiased) and center-cropped, decoded in the DataLoader workers (or once, into the
+optional pre-resized cache: data.cache_images).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ log = logging.getLogger("mmtrain")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+"""data.interpolation's choices: the resize filters of timm's and open_clip's pretrained configs."""
+
 Entry = tuple[str, int, list[str]]
 """One image of a split: (file path, image id, its captions)."""
 
@@ -60,18 +64,22 @@ class Records:
 
 
 def load_image(path: str, size: int, channels: int = 3,
-               hint: str = "replace the file, or remove it and pass data.missing_images=skip") -> torch.Tensor:
+               hint: str = "replace the file, or remove it and pass data.missing_images=skip",
+               interpolation: str = "bilinear") -> torch.Tensor:
     """JPEG/PNG file -> uint8 channels x size x size: RGB (or grayscale for channels=1),
-    shorter side resized to `size`, center crop. `hint` ends the error of an unreadable file.
+    shorter side resized to `size` with `interpolation` (one of INTERPOLATIONS), center crop.
+    `hint` ends the error of an unreadable file.
 
     Decoded with Pillow in draft mode: a JPEG whose stored size is a multiple of the target
     is decoded at a reduced DCT scale (1/2 .. 1/8; a 640 x 480 photo at 1/2 for 224 px, 1/4
-    for 64 px), then only the center crop is resized, in one antialiased bilinear pass:
+    for 64 px), then only the center crop is resized, in one antialiased pass:
     the same pixels as resizing the whole picture and cropping after (mean absolute
     difference < 0.02 grey levels), without the work on the discarded margins or importing
     torchvision in every loader worker. Bilinear was the cheapest filter that kept
     torchvision's quality (box: faster, but 2x further from a full-resolution Lanczos
-    resize). Grayscale, CMYK and palette images are converted to RGB.
+    resize), hence the default; bicubic is what most pretrained ViT and CLIP weights were
+    trained on (their timm / open_clip configs say so, and `mmtrain train` follows them).
+    Grayscale, CMYK and palette images are converted to RGB.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -85,7 +93,7 @@ def load_image(path: str, size: int, channels: int = 3,
             # sides are rounded up), so the pixels kept do not depend on the draft scale.
             scale = round(stored[0] / picture.size[0])
             box = tuple(c / scale for c in _center_crop_box(*stored, size))
-            resized = picture.resize((size, size), Image.Resampling.BILINEAR, box=box)
+            resized = picture.resize((size, size), Image.Resampling[interpolation.upper()], box=box)
             pixels = np.asarray(resized).reshape(size, size, -1)  # H x W x C
     except Image.DecompressionBombError as e:
         raise DataError(f"image {path} is refused as a possible decompression bomb ({e}): {hint}") from None
@@ -109,8 +117,9 @@ def _center_crop_box(width: int, height: int, size: int) -> tuple[float, float, 
 class CocoImages:
     """Images by position: decoded from their files, or read from the pre-resized cache."""
 
-    def __init__(self, paths: list[str], size: int, cache_file: Path | None = None) -> None:
-        self.paths, self.size, self.cache_file = paths, size, cache_file
+    def __init__(self, paths: list[str], size: int, cache_file: Path | None = None,
+                 interpolation: str = "bilinear") -> None:
+        self.paths, self.size, self.cache_file, self.interpolation = paths, size, cache_file, interpolation
         self._cache: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -118,7 +127,7 @@ class CocoImages:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if self.cache_file is None:
-            return load_image(self.paths[i], self.size)
+            return load_image(self.paths[i], self.size, interpolation=self.interpolation)
         if self._cache is None:  # opened lazily, so each DataLoader worker maps it itself
             self._cache = np.load(self.cache_file, mmap_mode="r")
         return torch.from_numpy(np.array(self._cache[i]))
@@ -259,11 +268,13 @@ def _check_images(records: Records, policy: str, split: str) -> Records:
     return records.take([i for i in range(len(records.paths)) if i not in gone])
 
 
-def _image_cache(folder: Path, records: Records, size: int, workers: int) -> Path:
+def _image_cache(folder: Path, records: Records, size: int, interpolation: str, workers: int) -> Path:
     """Decode + resize every image once into `<cache dir>/coco-images-<key>.npy`."""
     from numpy.lib.format import open_memmap
 
-    key = cache_key(file_identity(Path(p) for p in records.paths), size)
+    # Bilinear keeps the key it had before the option existed: existing caches stay valid.
+    filter_ = () if interpolation == "bilinear" else (interpolation,)
+    key = cache_key(file_identity(Path(p) for p in records.paths), size, *filter_)
     path = folder / f"coco-images-{key}.npy"
     if path.is_file():
         return path
@@ -271,7 +282,7 @@ def _image_cache(folder: Path, records: Records, size: int, workers: int) -> Pat
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     try:
         out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records.paths), 3, size, size))
-        loader = DataLoader(CocoImages(records.paths, size), batch_size=64,
+        loader = DataLoader(CocoImages(records.paths, size, interpolation=interpolation), batch_size=64,
                             num_workers=min(workers, os.cpu_count() or 1))
         start = 0
         for batch in tqdm(loader, desc=f"caching {len(records.paths)} images", leave=False):
@@ -289,6 +300,7 @@ def build_coco_captions(
     root: str = "data",
     year: int = 2017,
     image_size: int = 224,
+    interpolation: str = "bilinear",
     karpathy_file: str | None = None,
     n_train: int | None = None,
     n_val: int = 5000,
@@ -307,6 +319,8 @@ def build_coco_captions(
     root is only read (written only when `download`), caches go to `cache_dir`."""
     if missing_images not in ("error", "skip"):
         raise DataError(f"data.missing_images={missing_images!r}: choose error or skip")
+    if interpolation not in INTERPOLATIONS:
+        raise DataError(f"data.interpolation={interpolation!r}: choose {' or '.join(INTERPOLATIONS)}")
     root_path = Path(root).expanduser()
     if download and not all((root_path / name).exists() for name in (
             f"annotations/captions_train{year}.json", f"train{year}", f"val{year}")):
@@ -349,8 +363,8 @@ def build_coco_captions(
         rec = _check_images(rec, missing_images, split)
         if not rec.paths:
             raise DataError(f"COCO {split} split is empty under {root_path}")
-        cache_file = _image_cache(folder, rec, image_size, cache_workers) if cache_images else None
-        images = CocoImages(rec.paths, image_size, cache_file)
+        cache_file = _image_cache(folder, rec, image_size, interpolation, cache_workers) if cache_images else None
+        images = CocoImages(rec.paths, image_size, cache_file, interpolation)
         if split == "train":
             datasets[split] = CocoTrainDataset(images, rec, tokens["ids"], tokens["lengths"], seed)
         else:
@@ -358,5 +372,5 @@ def build_coco_captions(
     references = {int(image_id): list(caps) for split in ("val", "test") for _, image_id, caps in groups[split]}
     info = DataInfo(image_channels=3, image_size=image_size, vocab_size=tokenizer.vocab_size,
                     pad_id=tokenizer.pad_id, num_classes={}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
-                    references=references)
+                    references=references, interpolation=interpolation)
     return DataBundle(datasets["train"], datasets["val"], datasets["test"], tokenizer, info)

@@ -240,8 +240,9 @@ class TimmEncoder(nn.Module):
     @staticmethod
     def data_config(name: str, pretrained: Union[bool, str] = False,
                     model_kwargs: Optional[dict[str, Any]] = None, **_: Any) -> dict[str, Any]:
-        """The input size the weights were trained at (timm's pretrained config, with the
-        model_kwargs' pretrained_cfg_overlay), for the data to follow; {} for random weights."""
+        """The input size and resize filter the weights were trained with (timm's pretrained
+        config, with the model_kwargs' pretrained_cfg_overlay), for the data to follow; {} for
+        random weights."""
         if pretrained is False or str(pretrained).lower() == "false":
             return {}
         from timm.models import get_pretrained_cfg
@@ -249,7 +250,9 @@ class TimmEncoder(nn.Module):
         known = get_pretrained_cfg(name)
         overlay = dict((model_kwargs or {}).get("pretrained_cfg_overlay") or {})
         size = overlay.get("input_size", known.input_size if known is not None else None)
-        return {"image_size": int(size[-1])} if size else {}
+        interpolation = overlay.get("interpolation", known.interpolation if known is not None else None)
+        return {**({"image_size": int(size[-1])} if size else {}),
+                **({"interpolation": str(interpolation)} if interpolation else {})}
 
     @staticmethod
     def _per_channel(config: dict[str, Any], channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -289,7 +292,7 @@ class OpenCLIPImageEncoder(nn.Module):
     Pooled = open_clip's `encode_image` (its projection into the shared space, not normalized);
     tokens = a ViT's patch tokens through the same projection (the pooled vector alone for towers
     without them). Images are normalized with the model's preprocessing mean/std and the data
-    follows its input size; a grey image is fed as three equal channels. Paired with
+    follows its input size and resize filter; a grey image is fed as three equal channels. Paired with
     `model/text_encoder=open_clip` of the same model, ContrastiveTask keeps the model's shared
     space and logit scale instead of adding projections.
     """
@@ -309,17 +312,17 @@ class OpenCLIPImageEncoder(nn.Module):
             self.visual.set_grad_checkpointing(True)
         preprocess = json.loads(self.model_config)["preprocess_cfg"]
         self.image_mean, self.image_std = TimmEncoder._per_channel(preprocess, in_channels)
-        if preprocess.get("interpolation", "bicubic") != "bilinear":
-            log.info("model.image_encoder: %s was trained on %s-resized images; the data resizes "
-                     "bilinearly (antialiased)", name, preprocess.get("interpolation"))
         self.out_dim = self.joint_space["embed_dim"]
 
     @staticmethod
     def data_config(name: str, pretrained: Union[bool, str, None] = None, **_: Any) -> dict[str, Any]:
-        """The model's input size, for the data to follow, when weights are loaded."""
-        loaded = name.startswith(("hf-hub:", "local-dir:")) or \
-            openclip.weights_path(pretrained, "model.image_encoder") is not None
-        return {"image_size": openclip.native_image_size(name, "model.image_encoder")} if loaded else {}
+        """The model's input size and resize filter (its preprocessing config, as open_clip
+        resolves it for these weights), for the data to follow, when weights are loaded."""
+        what = "model.image_encoder"
+        if not (name.startswith(("hf-hub:", "local-dir:")) or openclip.weights_path(pretrained, what) is not None):
+            return {}
+        return {"image_size": openclip.native_image_size(name, what),
+                "interpolation": openclip.preprocess_config(name, pretrained, what)["interpolation"]}
 
     def architecture(self) -> dict[str, Any]:
         """The open_clip config: rebuilds the tower with no name lookup and no download."""

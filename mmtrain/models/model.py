@@ -163,7 +163,8 @@ def model_tokenizer(cfg: Any, data_cfg: Any) -> TextTokenizer | None:
 
 
 def model_data_config(cfg: Any) -> dict[str, Any]:
-    """Data settings a pretrained image encoder was trained with (e.g. {"image_size": 224});
+    """Data settings a pretrained image encoder was trained with (e.g. {"image_size": 224,
+    "interpolation": "bicubic"});
     such an encoder class defines `data_config(**its config)`."""
     data_config, kwargs = _encoder_hook(cfg.image_encoder, "data_config")
     return data_config(**kwargs) if data_config is not None else {}

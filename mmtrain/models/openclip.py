@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -92,6 +93,29 @@ def model_config(name: str, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what}.name={name!r} is not an open_clip model{hint}: see "
                           f"open_clip.list_models(), or use hf-hub:ORG/REPO or local-dir:FOLDER")
     return config
+
+
+def preprocess_config(name: str, pretrained: Union[bool, str, None], what: str) -> dict[str, Any]:
+    """The preprocessing (size, mean, std, interpolation, ...) open_clip's create_model gives
+    `name` with `pretrained`, resolved as it resolves it but without building the model: its
+    defaults under a local-dir/hf-hub config's preprocess_cfg, or under a tag's pretrained
+    config (a weights file brings none)."""
+    import open_clip
+    from open_clip.pretrained import download_pretrained_from_hf
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    schema, overlay = _schema(name), {}
+    if schema:
+        model_config(name, what)  # a missing or unreadable config is refused there, in one line
+        where = _local(name).split(":", 1)[1]  # the folder, or the hub repo id
+        path = (Path(where) / "open_clip_config.json" if schema == "local-dir" else
+                Path(download_pretrained_from_hf(where, filename="open_clip_config.json")))
+        overlay = json.loads(path.read_text(encoding="utf-8")).get("preprocess_cfg") or {}
+    else:
+        weights = weights_path(pretrained, what)
+        if weights is not None and not Path(weights).is_file():
+            overlay = open_clip.get_pretrained_cfg(name, weights) or {}
+    return merge_preprocess_dict(asdict(PreprocessCfg()), overlay)
 
 
 def _first_line(e: BaseException) -> str:
