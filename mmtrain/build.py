@@ -154,9 +154,11 @@ def drop_pretrained(cfg: DictConfig) -> None:
 
 def build_trained(cfg: DictConfig, info: Any, ckpt: dict[str, Any], path: Path) -> tuple[Any, Any]:
     """(model with the checkpoint's weights, the task of the stage that saved it), from a
-    checkpoint `ckpt` and its trust-checked config `cfg` (see `drop_pretrained`)."""
+    checkpoint `ckpt` and its trust-checked config `cfg`; pretrained weights its encoders name
+    are not read (`drop_pretrained`)."""
     from mmtrain.engine.checkpoint import load_model_state
 
+    drop_pretrained(cfg)
     model, stages = build_for_weights(cfg, info, ckpt["model"], path)
     if ckpt["stage"] not in stages:
         raise CheckpointError(f"{path} was saved in stage {ckpt['stage']!r}, which its config lacks")

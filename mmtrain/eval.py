@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mmtrain.atomic import write_json
-from mmtrain.build import build_trained, drop_pretrained
+from mmtrain.build import build_trained
 from mmtrain.config import PRECISIONS, config_dir, register_schemas
 from mmtrain.errors import CheckpointError, ConfigError
 
@@ -125,7 +125,6 @@ def rebuild(path: Path, *, data_overrides: dict | None = None, allow: Sequence[s
     for key, value in (("download", False), ("cache_dir", None)):
         if key in cfg.data:  # where to write is the user's call alone, never the file's
             cfg.data[key] = value
-    drop_pretrained(cfg)
     overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}
     if overrides:
         cfg.data = OmegaConf.merge(cfg.data, overrides)

@@ -86,13 +86,12 @@ def load_for_inference(path: str | Path, *, device: str = "auto", allow_targets:
                        trust_config: bool = False) -> Loaded:
     """Rebuild model, heads and tokenizer from a checkpoint file alone and load its weights;
     its config may name only mmtrain's own components (mmtrain.trust), as for `mmtrain eval`."""
-    from mmtrain.build import build_trained, drop_pretrained
+    from mmtrain.build import build_trained
     from mmtrain.engine.checkpoint import checkpoint_tokenizer, load_checkpoint_config
     from mmtrain.engine.precision import resolve_device
 
     path = Path(path)
     ckpt, cfg = load_checkpoint_config(path, allow=allow_targets, trust=trust_config)
-    drop_pretrained(cfg)
     info = data_info(ckpt, path, checkpoint_tokenizer(ckpt, path))
     model, task = build_trained(cfg, info, ckpt, path)
     dev = resolve_device(device)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from mmtrain.errors import CheckpointError, ConfigError
+from mmtrain.errors import ConfigError
 
 TOP_K = (1, 5)
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -40,9 +40,7 @@ def zero_shot_accuracy(loaded: Any, dataset: Dataset, *, label: str | None = Non
     from mmtrain.data.loader import make_loader
     from mmtrain.inference import class_embeddings, image_embedding
 
-    if not hasattr(loaded.task, "embed_image"):
-        raise CheckpointError(f"{loaded.path} is a {loaded.kind} checkpoint (stage {loaded.stage!r}); "
-                              f"zero-shot classification needs a contrastive one")
+    loaded.require("eval zero_shot=true", "contrastive")
     key = zero_shot_label(loaded.info, label)
     names = loaded.info.class_names[key]
     prompts = list(templates or loaded.info.prompt_templates.get(key) or DEFAULT_TEMPLATES)

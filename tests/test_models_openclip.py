@@ -266,7 +266,7 @@ def test_zero_shot_works_on_our_own_contrastive_checkpoints_and_refuses_a_classi
     result = evaluate_checkpoint(run / "checkpoints/pretrain/best.pt", "test", zero_shot=True)
     assert 0.0 <= result["metrics"]["zero_shot_top1"] <= 1.0
     assert "zero_shot_top5" not in result["metrics"]  # three shapes: a top-5 would always be 1
-    with pytest.raises(CheckpointError, match="zero-shot classification needs a contrastive one"):
+    with pytest.raises(CheckpointError, match="`mmtrain eval zero_shot=true` needs a contrastive one"):
         evaluate_checkpoint(run / "checkpoints/finetune/best.pt", "test", zero_shot=True)
 
 
