@@ -233,13 +233,12 @@ def _check_paths(command: str, args: list[str]) -> None:
         if any(c in value for c in ",()[]{}$"):  # a sweep, a choice or an interpolation
             continue
         path = os.path.expanduser(value)
-        missing = {"file": not os.path.isfile(path), "dir": not os.path.isdir(path)}.get(
-            kind, not os.path.exists(path))
-        if missing and kind == "weights":
+        if {"file": os.path.isfile, "dir": os.path.isdir}.get(kind, os.path.exists)(path):
+            continue
+        if kind == "weights":
             raise CheckpointError(f"{key}={value}: no such file or folder; pass a local weights "
                                   f"file, true (the library's own download) or null (random init)")
-        if missing:
-            raise CheckpointError(f"{_WHAT[kind]} not found: {value} ({key}=)")
+        raise CheckpointError(f"{_WHAT[kind]} not found: {value} ({key}=)")
 
 
 def _report(exc: Exception, command: str = "", args: list[str] = ()) -> int:
