@@ -11,11 +11,13 @@ reversed), and is charged its whole process's CPU time (user + system, start-up 
 imports included) as the operating system counts it: on a machine shared with other work
 that is steadier than the wall clock.
 
-    python scripts/bench_end_to_end.py [--rounds 3] [--threads N]
+    python scripts/bench_end_to_end.py [--rounds 3] [--threads N] [--n-train N] [--epochs P,F]
 
-Prints both processes' CPU and wall times, their test accuracies (the same recipe must
-reach the same figure, or the two did not do the same work) and the median over rounds
-of the CPU-time ratio. Target: mmtrain within 5 %, a ratio <= 1.05.
+Prints both processes' CPU and wall times, their test accuracy and loss, and the median
+over rounds of the CPU-time ratio. The two train the very same model (same batches, same
+initial weights, same dropout draws): the script fails when their test metrics differ,
+since the ratio would then compare different work. Target: mmtrain within 5 %, a ratio <= 1.05. `--n-train` and
+`--epochs` shrink both alike (the test suite runs it that way: the two must still agree).
 """
 
 from __future__ import annotations
@@ -38,15 +40,16 @@ MMTRAIN = shutil.which("mmtrain") or str(Path(sys.executable).parent / "mmtrain"
 # optimizer: adamw, scheduler: cosine, trainer: default), written out as a script would.
 SEED, BATCH, EVAL_BATCH, LR, WEIGHT_DECAY, CLIP = 0, 128, 256, 2e-3, 0.01, 1.0
 WARMUP_RATIO = 0.05
-STAGES = (("pretrain", "contrastive", 2), ("finetune", "classification", 8))
+N_TRAIN, EPOCHS = 10000, (2, 8)
 
 
-def minimal(out_dir: Path, threads: int | None) -> None:
+def minimal(out_dir: Path, threads: int | None, n_train: int, epochs: tuple[int, int]) -> None:
     """The recipe as a hand-written loop; prints its test accuracy as JSON."""
     import torch
     from torch.utils.data import DataLoader
 
     from mmtrain.data.batch import collate
+    from mmtrain.data.sampler import EpochSampler
     from mmtrain.data.synthetic import build_synthetic
     from mmtrain.engine.threads import default_num_threads
     from mmtrain.models.fusion import ConcatFusion
@@ -58,7 +61,7 @@ def minimal(out_dir: Path, threads: int | None) -> None:
 
     torch.set_num_threads(threads or default_num_threads())
     torch.manual_seed(SEED)
-    data = build_synthetic(seed=SEED, tokenizer_options={"kind": "word", "vocab_size": 1000, "max_length": 32})
+    data = build_synthetic(n_train=n_train, seed=SEED, tokenizer_options={"kind": "word", "vocab_size": 1000, "max_length": 32})
     info = data.info
     image = CNNEncoder(in_channels=info.image_channels, image_size=info.image_size, width=32, depth=3, dim=128)
     text = GRUEncoder(vocab_size=info.vocab_size, pad_id=info.pad_id, embed_dim=64, hidden_dim=128,
@@ -70,11 +73,14 @@ def minimal(out_dir: Path, threads: int | None) -> None:
              "classification": ClassificationTask(label="label", hidden_dim=256, dropout=0.1)}
     for task in tasks.values():
         task.attach(model, info)
-    generator = torch.Generator().manual_seed(SEED)
-    train = DataLoader(data.train, batch_size=BATCH, shuffle=True, drop_last=True, collate_fn=collate,
-                       generator=generator)
-    val = DataLoader(data.val, batch_size=EVAL_BATCH, collate_fn=collate)
-    test = DataLoader(data.test, batch_size=EVAL_BATCH, collate_fn=collate)
+    # mmtrain's sampler, for the very same batches (its order is a function of seed and epoch);
+    # each loader has its own generator, so that starting an epoch does not draw from the
+    # global RNG that dropout uses.
+    sampler = EpochSampler(len(data.train), shuffle=True, seed=SEED)
+    train = DataLoader(data.train, batch_size=BATCH, sampler=sampler, drop_last=True, collate_fn=collate,
+                       generator=torch.Generator().manual_seed(SEED))
+    val = DataLoader(data.val, batch_size=EVAL_BATCH, collate_fn=collate, generator=torch.Generator())
+    test = DataLoader(data.test, batch_size=EVAL_BATCH, collate_fn=collate, generator=torch.Generator())
 
     def evaluate(task: ContrastiveTask | ClassificationTask, loader: DataLoader) -> dict[str, float]:
         model.eval()
@@ -84,20 +90,21 @@ def minimal(out_dir: Path, threads: int | None) -> None:
         return metrics
 
     best_path = out_dir / "best.pt"
-    for name, kind, epochs in STAGES:
+    for kind, stage_epochs in zip(("contrastive", "classification"), epochs):
         task = tasks[kind]
         decay = [p for p in model.parameters() if p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.ndim <= 1]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=LR)
-        total = len(train) * epochs
+        total = len(train) * stage_epochs
         warmup = round(WARMUP_RATIO * total)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else
                                                      0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
         monitor = "i2t_r1" if kind == "contrastive" else "accuracy"
         best = -1.0
         model.train()
-        for _ in range(epochs):
+        for epoch in range(stage_epochs):
+            sampler.set_epoch(epoch)
             for batch in train:
                 loss = task.training_step(model, batch)["loss"]
                 loss.backward()
@@ -110,7 +117,8 @@ def minimal(out_dir: Path, threads: int | None) -> None:
                 best = value
                 torch.save(model.state_dict(), best_path)
     model.load_state_dict(torch.load(best_path))
-    print(json.dumps({"test_accuracy": evaluate(tasks["classification"], test)["accuracy"]}))
+    metrics = evaluate(tasks["classification"], test)
+    print(json.dumps({"accuracy": metrics["accuracy"], "loss": metrics["loss"]}))
 
 
 def cpu_of(command: list[str], cwd: str) -> tuple[float, float, str]:
@@ -128,47 +136,59 @@ def cpu_of(command: list[str], cwd: str) -> tuple[float, float, str]:
     return cpu, wall, stdout
 
 
-def mmtrain_run(threads: int | None) -> tuple[float, float, float]:
-    overrides = ["trainer.progress=false"] + ([f"trainer.num_threads={threads}"] if threads else [])
+def mmtrain_run(threads: int | None, n_train: int, epochs: tuple[int, int]) -> tuple[float, float, dict]:
+    overrides = ["trainer.progress=false", f"data.n_train={n_train}", f"stages.pretrain.epochs={epochs[0]}",
+                 f"stages.finetune.epochs={epochs[1]}"] + ([f"trainer.num_threads={threads}"] if threads else [])
     with tempfile.TemporaryDirectory() as tmp:
         cpu, wall, _ = cpu_of([MMTRAIN, "train", *overrides], tmp)
         (run_dir,) = (Path(tmp) / "outputs").glob("*/*")
-        accuracy = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
-    return cpu, wall, accuracy
+        test = json.loads((run_dir / "metrics.json").read_text())["test"]
+    return cpu, wall, test
 
 
-def minimal_run(threads: int | None) -> tuple[float, float, float]:
-    command = [sys.executable, __file__, "--minimal"] + ([f"--threads={threads}"] if threads else [])
+def minimal_run(threads: int | None, n_train: int, epochs: tuple[int, int]) -> tuple[float, float, dict]:
+    command = [sys.executable, __file__, "--minimal", f"--n-train={n_train}", f"--epochs={epochs[0]},{epochs[1]}"]
+    command += [f"--threads={threads}"] if threads else []
     with tempfile.TemporaryDirectory() as tmp:
         cpu, wall, stdout = cpu_of(command, tmp)
-    return cpu, wall, json.loads(stdout.strip().splitlines()[-1])["test_accuracy"]
+    return cpu, wall, json.loads(stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads in both (default: mmtrain's default)")
+    parser.add_argument("--n-train", type=int, default=N_TRAIN, help="training pairs (default: the recipe's)")
+    parser.add_argument("--epochs", default=",".join(map(str, EPOCHS)),
+                        help="pretraining,fine-tuning epochs (default: the recipe's)")
     parser.add_argument("--minimal", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    pretrain, finetune = (int(x) for x in args.epochs.split(","))
+    epochs = (pretrain, finetune)
     if args.minimal:
-        minimal(Path.cwd(), args.threads)
+        minimal(Path.cwd(), args.threads, args.n_train, epochs)
         return
     runs = {"minimal": minimal_run, "mmtrain": mmtrain_run}
-    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
+    results: dict[str, list[tuple[float, float, dict]]] = {name: [] for name in runs}
     ratios = []
     for r in range(args.rounds):
         for name in list(runs)[:: -1 if r % 2 else 1]:
-            results[name].append(runs[name](args.threads))
-        (m_cpu, m_wall, m_acc), (t_cpu, t_wall, t_acc) = results["mmtrain"][-1], results["minimal"][-1]
+            results[name].append(runs[name](args.threads, args.n_train, epochs))
+        (m_cpu, m_wall, m_test), (t_cpu, t_wall, t_test) = results["mmtrain"][-1], results["minimal"][-1]
         ratios.append(m_cpu / t_cpu)
-        print(f"round {r + 1}/{args.rounds}: mmtrain {m_cpu:.1f} s CPU ({m_wall:.1f} s wall, test {m_acc:.3f}) | "
-              f"minimal {t_cpu:.1f} s CPU ({t_wall:.1f} s wall, test {t_acc:.3f}) | ratio {ratios[-1]:.3f}",
-              flush=True)
+        print(f"round {r + 1}/{args.rounds}: mmtrain {m_cpu:.1f} s CPU ({m_wall:.1f} s wall) | "
+              f"minimal {t_cpu:.1f} s CPU ({t_wall:.1f} s wall) | ratio {ratios[-1]:.3f}", flush=True)
+        # Same batches, same initial weights, same dropout draws: the two end with the same model.
+        # Anything else means they did different work and the ratio compares nothing.
+        for key in ("accuracy", "loss"):
+            if not math.isclose(m_test[key], t_test[key], rel_tol=1e-4, abs_tol=1e-6):
+                raise SystemExit(f"the two runs trained different models: test {key} {m_test[key]:.6f} (mmtrain) "
+                                 f"vs {t_test[key]:.6f} (minimal); the script no longer matches the recipe")
     print(f"\n{os.cpu_count()} CPUs | {args.rounds} rounds | threads: {args.threads or 'default'}")
     for name, rows in results.items():
         print(f"{name:8s} CPU {statistics.median(r[0] for r in rows):7.1f} s  wall "
-              f"{statistics.median(r[1] for r in rows):7.1f} s  test accuracy "
-              f"{', '.join(f'{r[2]:.3f}' for r in rows)}")
+              f"{statistics.median(r[1] for r in rows):7.1f} s  test accuracy {rows[-1][2]['accuracy']:.4f}  "
+              f"loss {rows[-1][2]['loss']:.6f}")
     print(f"mmtrain / minimal CPU time: median {statistics.median(ratios):.3f} "
           f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)}; target <= 1.05)")
 

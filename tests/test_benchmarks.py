@@ -34,3 +34,15 @@ def test_bench_embed_reports_images_per_second_of_the_whole_command():
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if line.startswith("num_workers=0:"))
     assert float(line.split()[1]) > 0, out.stdout
+
+
+def test_bench_end_to_end_trains_the_same_model_as_mmtrain_train_by_hand():
+    # The script fails unless its hand-written loop ends with mmtrain's test accuracy and loss
+    # (same batches, weights and dropout draws): a change to the default recipe that the
+    # script does not follow fails here, before its CPU-time ratio compares different work.
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_end_to_end.py"), "--rounds", "1",
+                          "--threads", "1", "--n-train", "512", "--epochs", "1,1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ratio = float(out.stdout.split("median ")[1].split()[0])
+    assert 0.2 < ratio < 5, out.stdout
