@@ -2,9 +2,14 @@
 
 They exercise the real readers end to end and are learnable, so a test can check that a
 model trained on them beats chance:
-- MNIST: idx files (gzip, magic 2051 / 2049) of seven-segment digits with jitter and noise;
+- MNIST: idx files (gzip, magic 2051 / 2049) of seven-segment digits drawn as a hand would:
+  slant, rotation, size, stroke width and place vary, so that, as on real MNIST, logistic
+  regression on the pixels misreads about 1 in 10 and a small CNN nearly none, and
+  `mmtrain baseline` tells the two apart;
 - IMDB: an aclImdb tree and the `review,sentiment` CSV; reviews carry sentiment words,
-  `<br />` markup and non-ASCII text;
+  `<br />` markup and non-ASCII text. Each names 2-4 words of its own polarity only, so
+  TF-IDF and a GRU both read every one: on real IMDB a from-scratch GRU does not beat
+  TF-IDF either, so the text side favours neither model;
 - COCO: captions JSON + JPEGs of a coloured shape whose captions name its colour, shape
   and place; one image is grayscale and one CMYK, as in the real set.
 """
@@ -19,10 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-# Seven-segment layout: segment -> (y0, y1, x0, x1) in a 28 x 28 frame.
-SEGMENTS = {"a": (4, 7, 9, 19), "b": (4, 14, 17, 20), "c": (14, 24, 17, 20), "d": (21, 24, 9, 19),
-            "e": (14, 24, 8, 11), "f": (4, 14, 8, 11), "g": (12, 16, 9, 19)}
-DIGIT_SEGMENTS = ["abcdef", "bc", "abged", "abgcd", "fgbc", "afgcd", "afgedc", "abc", "abcdefg", "abcdfg"]
+# A seven-segment glyph in glyph units (x 0..1 left to right, y 0..2 top to bottom):
+# segment -> its two end points. Strokes are drawn between them, then the whole glyph is
+# slanted, rotated, scaled and placed as a hand would (see `seven_segment_digits`).
+SEGMENTS = {"a": ((0, 0), (1, 0)), "b": ((1, 0), (1, 1)), "c": ((1, 1), (1, 2)), "d": ((0, 2), (1, 2)),
+            "e": ((0, 1), (0, 2)), "f": ((0, 0), (0, 1)), "g": ((0, 1), (1, 1))}
+# The segments of each digit; where people write one in two ways, both (drawn half the time
+# each): 6 with or without its top bar, 7 with or without the hook, 9 with or without its tail.
+DIGIT_FORMS = (("abcdef",), ("bc",), ("abged",), ("abgcd",), ("fgbc",), ("afgcd",), ("afgedc", "fgedc"),
+               ("abc", "fabc"), ("abcdefg",), ("abcdfg", "abcfg"))
 
 POSITIVE = ["great", "wonderful", "brilliant", "loved", "superb", "moving", "charming", "excellent"]
 NEGATIVE = ["awful", "boring", "terrible", "hated", "dull", "clumsy", "tedious", "worst"]
@@ -45,17 +55,59 @@ def _idx(path: Path, magic: int, array: np.ndarray) -> None:
 
 
 def seven_segment_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """n noisy 28 x 28 uint8 digit images and their labels."""
+    """n 28 x 28 uint8 digit images that vary the way handwriting does, and their labels.
+
+    Each glyph gets its own height (15-20 px; MNIST fits digits in 20 x 20), width, slant
+    (up to about 24 degrees), rotation (up to 8 degrees), stroke width (about 2.5-4.5 px),
+    middle-bar height, stroke end points that miss each other by a fraction of a pixel and
+    stroke intensities; it is then centred by its centre of mass, as MNIST's digits are, and
+    moved up to 2 px from there, on a lightly noisy background. Logistic regression on the
+    pixels reads 0.86-0.91 of them after 1 200-1 800 training images, a small CNN 0.97-0.99
+    (tests/test_data_mnist_imdb.py). The same generator state gives the same images.
+    """
     labels = rng.integers(0, 10, size=n)
-    images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.int32)
+    forms = rng.random(n)
+    drawn = np.zeros((n, 7), dtype=bool)
     for i, d in enumerate(labels):
-        glyph = np.zeros((28, 28), dtype=np.int32)
-        for seg in DIGIT_SEGMENTS[d]:
-            y0, y1, x0, x1 = SEGMENTS[seg]
-            glyph[y0:y1, x0:x1] = rng.integers(170, 256)
-        dy, dx = rng.integers(-2, 3, size=2)
-        images[i] = np.maximum(images[i], np.roll(glyph, (dy, dx), axis=(0, 1)))
-    return images.clip(0, 255).astype(np.uint8), labels
+        segments = DIGIT_FORMS[d][int(forms[i] * len(DIGIT_FORMS[d]))]
+        drawn[i, ["abcdefg".index(s) for s in segments]] = True
+    points = np.broadcast_to(np.array(list(SEGMENTS.values()), dtype=np.float64), (n, 7, 2, 2)).copy()
+    middle = points[..., 1] == 1
+    points[..., 1] += middle * rng.uniform(-0.15, 0.15, size=(n, 1, 1))
+    points += rng.normal(0, 0.05, size=points.shape)
+    height = rng.uniform(15, 20, size=(n, 1, 1))
+    width = height * rng.uniform(0.45, 0.75, size=(n, 1, 1))
+    x, y = (points[..., 0] - 0.5) * width, (points[..., 1] - 1) * height / 2
+    x = x - rng.uniform(-0.45, 0.45, size=(n, 1, 1)) * y                  # slant: x leans with height
+    angle = np.deg2rad(rng.uniform(-8, 8, size=(n, 1, 1)))
+    x, y = x * np.cos(angle) - y * np.sin(angle), x * np.sin(angle) + y * np.cos(angle)
+    intensity = rng.uniform(0.7, 1.0, size=(n, 7)) * drawn
+    mass = intensity * np.hypot(x[..., 1] - x[..., 0], y[..., 1] - y[..., 0])
+    mass /= mass.sum(axis=1, keepdims=True)
+    shift = rng.uniform(-2, 2, size=(2, n, 1, 1))
+    x += 13.5 + shift[0] - (mass * x.mean(axis=-1)).sum(axis=1)[:, None, None]
+    y += 13.5 + shift[1] - (mass * y.mean(axis=-1)).sum(axis=1)[:, None, None]
+    half_stroke = rng.uniform(0.7, 1.8, size=n)
+    noise = rng.normal(0, 8, size=(n, 28, 28))
+    images = np.empty((n, 28, 28), dtype=np.uint8)
+    for lo in range(0, n, 1024):  # bounded memory for any n: 7 x 784 distances per image
+        part = slice(lo, lo + 1024)
+        ink = _strokes(x[part], y[part], intensity[part], half_stroke[part])
+        images[part] = (ink * 255 + noise[part]).clip(0, 255).astype(np.uint8)
+    return images, labels
+
+
+def _strokes(x: np.ndarray, y: np.ndarray, intensity: np.ndarray, half_stroke: np.ndarray) -> np.ndarray:
+    """Anti-aliased ink in [0, 1], B x 28 x 28, of B images' 7 strokes (end points B x 7 x 2 in
+    pixels, intensity B x 7, 0 for a stroke not drawn) of half-width `half_stroke` (B)."""
+    grid_y, grid_x = (g.ravel() for g in np.mgrid[0:28, 0:28].astype(np.float32))
+    x0, y0 = x[..., :1].astype(np.float32), y[..., :1].astype(np.float32)
+    dx, dy = (x[..., 1:] - x[..., :1]).astype(np.float32), (y[..., 1:] - y[..., :1]).astype(np.float32)
+    px, py = grid_x - x0, grid_y - y0                                   # B x 7 x 784
+    t = ((px * dx + py * dy) / np.maximum(dx * dx + dy * dy, 1e-6)).clip(0, 1)
+    distance = np.sqrt((px - t * dx) ** 2 + (py - t * dy) ** 2)
+    cover = (half_stroke[:, None, None].astype(np.float32) + 0.5 - distance).clip(0, 1)
+    return (cover * intensity[..., None].astype(np.float32)).max(axis=1).reshape(-1, 28, 28)
 
 
 def write_mnist(out: Path, n_train: int, n_test: int, seed: int = 0) -> None:
