@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from mmtrain.atomic import write_text
-from mmtrain.data import DataInfo
+from mmtrain.data import MAX_IMAGE_SIZE, DataInfo
 from mmtrain.data.coco import INTERPOLATIONS, load_image
 from mmtrain.data.tokenizer import TextTokenizer
 from mmtrain.errors import CheckpointError, ConfigError, DataError
@@ -79,6 +79,9 @@ def data_info(ckpt: dict[str, Any], path: Path, tokenizer: TextTokenizer) -> Dat
         ok = False
     if not ok:
         raise CheckpointError(f"{path} has malformed data info: it is corrupt or not an mmtrain checkpoint")
+    if info.image_size > MAX_IMAGE_SIZE:  # every input image would be decoded to that size
+        raise CheckpointError(f"{path}: its data info asks for {info.image_size}-px images, above "
+                              f"{MAX_IMAGE_SIZE}: it is corrupt or made to exhaust memory")
     return info
 
 

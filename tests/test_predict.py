@@ -146,6 +146,10 @@ def test_bad_inputs_get_one_line_and_exit_2(synthetic_classifier, coco_clip, tmp
     payload = torch.load(ckpt, weights_only=True)
     payload["data_info"]["interpolation"] = "lanczos"
     torch.save(payload, lanczos)
+    huge = tmp_path / "huge.pt"
+    payload = torch.load(ckpt, weights_only=True)
+    payload["data_info"]["image_size"] = 10**6  # every image decoded to 10**12 pixels
+    torch.save(payload, huge)
     foreign = tmp_path / "foreign.pt"
     payload = torch.load(ckpt, weights_only=True)
     payload["config"]["model"]["fusion"]["_target_"] = "os.system"
@@ -159,6 +163,7 @@ def test_bad_inputs_get_one_line_and_exit_2(synthetic_classifier, coco_clip, tmp
         "needs a contrastive one": [f"ckpt={synthetic_classifier}", image, "labels=[a,b]"],
         "predates data info": [f"ckpt={old}", image, "text=a"],
         "has malformed data info": [f"ckpt={lanczos}", image, "text=a"],
+        "asks for 1000000-px images, above 4096": [f"ckpt={huge}", image, "text=a"],
         "checkpoint not found": ["ckpt=nope.pt", image, "text=a"],
         "'os.system' is not an mmtrain component": [f"ckpt={foreign}", image, "text=a"],
         "name a .json or .csv": [f"ckpt={ckpt}", image, "text=a", "out=x.txt"],

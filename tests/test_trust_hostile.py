@@ -80,6 +80,11 @@ ATTACKS: dict[str, Callable[[dict, Path], None]] = {
     "extra_positional_arguments": lambda c, a: c["config"]["model"]["fusion"].update(_args_=[1, 2]),
     "tokenizer_of_length_zero": lambda c, a: c.update(tokenizer=_with_tokenizer(c, max_length=0)),
     "tokenizer_id_past_its_vocabulary": lambda c, a: c.update(tokenizer=_with_tokenizer(c, top_id=10**6)),
+    # Every text padded to 10**9 ids (8 GB each), every image decoded or drawn at 10**6 px a
+    # side, a synthetic set regenerated at 10**12 pairs.
+    "tokenizer_of_a_billion_tokens": lambda c, a: c.update(tokenizer=_with_tokenizer(c, max_length=10**9)),
+    "image_size_past_any_screen": lambda c, a: c["config"]["data"].update(image_size=10**6),
+    "synthetic_set_of_a_trillion_pairs": lambda c, a: c["config"]["data"].update(n_test=10**12),
     "evaluation_batch_size_that_is_text": lambda c, a: c["config"]["trainer"].update(eval_batch_size="64"),
     "list_bomb": _list_bomb,
     "string_bomb": _string_bomb,
@@ -100,6 +105,9 @@ MESSAGES = {
     "extra_positional_arguments": "model.fusion._args_ is not set on",
     "tokenizer_of_length_zero": "its tokenizer is not one mmtrain wrote: its max_length is below 1",
     "tokenizer_id_past_its_vocabulary": "it maps a token to id 1000000, past its vocabulary",
+    "tokenizer_of_a_billion_tokens": "its max_length 1000000000 is above 65536",
+    "image_size_past_any_screen": "its config's data.image_size=1000000 is not an integer in 1..4096",
+    "synthetic_set_of_a_trillion_pairs": "its config's data.n_test=1000000000000 is not an integer in 0..10000000",
     "evaluation_batch_size_that_is_text": "its trainer.eval_batch_size='64' is not a positive integer",
     "list_bomb": "its config has more than 100000 entries",
     "string_bomb": "trainer.n1 holds an interpolation",

@@ -16,6 +16,13 @@ from mmtrain.config import instantiate
 from mmtrain.data.tokenizer import TextTokenizer
 
 
+# The largest image side and synthetic split a file from outside (a checkpoint, its config)
+# may ask for: each multiplies memory per image or per dataset, and a genuine run stays far
+# below (ViT-H/14 at 518 px is a large one; the synthetic set's default is 10 000 pairs).
+MAX_IMAGE_SIZE = 4096
+MAX_SYNTHETIC_SAMPLES = 10_000_000
+
+
 @dataclass
 class DataInfo:
     """What the model and the tasks need to know about the data, without loading it."""

@@ -18,6 +18,9 @@ from mmtrain.errors import ConfigError
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIALS = [PAD, UNK, BOS, EOS]  # ids 0..3, in this order
+MAX_LENGTH = 65_536
+"""The longest max_length a tokenizer read from a checkpoint may have: every text is padded
+to it, so 10**9 would be 8 GB per text (long-context models stop at 32k)."""
 TOKENIZER_OPTIONS: dict[str, Any] = {"kind": "word", "vocab_size": 10000, "min_frequency": 1,
                                      "lowercase": True, "max_length": 64}
 

@@ -120,13 +120,27 @@ def load_checkpoint_config(path: str | os.PathLike, *, allow: Sequence[str] = ()
         if not isinstance(ckpt["config"].get(section), dict):
             raise CheckpointError(f"{path}: its config has no '{section}' section: it cannot be rebuilt")
     check_no_interpolation(ckpt["config"], str(path))  # even if trusted: it may be a bomb
+    check_data_sizes(ckpt["config"]["data"], path)
     return ckpt, trusted_config(ckpt["config"], source=str(path), allow=allow, trust=trust)
+
+
+def check_data_sizes(data: dict[str, Any], path: Any) -> None:
+    """Refuse a data config that would make eval decode or generate more than any genuine run:
+    `image_size` multiplies every image, the synthetic `n_*` the whole dataset."""
+    from mmtrain.data import MAX_IMAGE_SIZE, MAX_SYNTHETIC_SAMPLES
+
+    for key, low, high in (("image_size", 1, MAX_IMAGE_SIZE), ("n_train", 0, MAX_SYNTHETIC_SAMPLES),
+                           ("n_val", 0, MAX_SYNTHETIC_SAMPLES), ("n_test", 0, MAX_SYNTHETIC_SAMPLES)):
+        value = data.get(key)
+        if value is not None and not (type(value) is int and low <= value <= high):
+            raise CheckpointError(f"{path}: its config's data.{key}={value!r} is not an integer in {low}..{high}: "
+                                  f"it is corrupt or made to exhaust memory")
 
 
 def checkpoint_tokenizer(ckpt: dict[str, Any], path: Any) -> Any:
     """The TextTokenizer a checkpoint was trained with; a missing or unreadable one is a
     CheckpointError naming the file."""
-    from mmtrain.data.tokenizer import TextTokenizer
+    from mmtrain.data.tokenizer import MAX_LENGTH, TextTokenizer
 
     if not isinstance(ckpt.get("tokenizer"), str):
         raise CheckpointError(f"{path} holds no tokenizer: it was not written by mmtrain's trainer, "
@@ -138,6 +152,7 @@ def checkpoint_tokenizer(ckpt: dict[str, Any], path: Any) -> Any:
     # Each would otherwise surface as a crash deep in the data or the embedding lookup.
     top = max(tokenizer.tokenizer.get_vocab().values(), default=-1)
     problem = ("its max_length is below 1" if tokenizer.max_length < 1 else
+               f"its max_length {tokenizer.max_length} is above {MAX_LENGTH}" if tokenizer.max_length > MAX_LENGTH else
                "it has no [PAD] token" if tokenizer.pad_id is None else
                f"it maps a token to id {top}, past its vocabulary of {tokenizer.vocab_size}"
                if top >= tokenizer.vocab_size else "")
