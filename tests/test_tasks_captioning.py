@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mmtrain.metrics import caption_scores, cider_d
-from mmtrain.tasks.captioning import beam_search
+from mmtrain.tasks.captioning import IGNORE, beam_search
 from tests.zoo import build, compose_config, fixed_batch, overfit
 
 
@@ -86,7 +86,36 @@ def test_teacher_forcing_shifts_the_caption_and_ends_it_with_eos():
     ids = torch.tensor([[7, 8, 9], [7, 0, 0]])
     inputs, target = task._teacher_forcing(ids, torch.tensor([3, 1]))
     assert inputs.tolist() == [[task.bos_id, 7, 8, 9], [task.bos_id, 7, 0, 0]]
-    assert target.tolist() == [[7, 8, 9, task.eos_id], [7, task.eos_id, 0, 0]]
+    assert target.tolist() == [[7, 8, 9, task.eos_id], [7, task.eos_id, IGNORE, IGNORE]]
+
+
+def test_an_eos_that_is_also_the_pad_token_is_still_learned():
+    # CLIP's and GPT's tokenizers pad with their end token: ignoring pads must not ignore ends.
+    model, task, data = build(compose_config(task="captioning"))
+    task.pad_id = task.eos_id
+    eos = task.eos_id
+    inputs, target = task._teacher_forcing(torch.tensor([[7, 8, eos], [7, eos, eos]]), torch.tensor([2, 1]))
+    assert target.tolist() == [[7, 8, eos, IGNORE], [7, eos, IGNORE, IGNORE]]
+
+
+def test_a_pretrained_tokenizers_own_cls_and_sep_frame_each_caption_once():
+    # BERT's tokenizer writes [CLS] caption [SEP] itself: adding bos/eos again taught the
+    # decoder to say [CLS] first and scored a second [SEP] after the caption's end.
+    model, task, data = build(compose_config(text="hf", task="captioning"))
+    assert task.wrapped and not build(compose_config(task="captioning"))[1].wrapped
+    batch = fixed_batch(data, 8)
+    inputs, target = task._teacher_forcing(batch["text"], batch["text_lengths"])
+    for row_in, row_target, n in zip(inputs.tolist(), target.tolist(), batch["text_lengths"].tolist()):
+        scored = [t for t in row_target if t != IGNORE]
+        assert row_in[0] == task.bos_id and row_in[1] != task.bos_id
+        assert len(scored) == n - 1 and scored[-1] == task.eos_id and task.eos_id not in scored[:-1]
+        assert task.bos_id not in scored
+    overfit(model, task, batch, steps=400, target=0.01)
+    model.eval()
+    for beam in (1, 3):
+        task.beam_size = beam
+        evaluation = task.evaluate(model, [batch])
+        assert evaluation.metrics["bleu4"] == pytest.approx(1.0), evaluation.artifacts[0].rows[:2]
 
 
 def test_a_decoder_that_memorised_its_captions_scores_bleu_one_greedy_and_with_beams():

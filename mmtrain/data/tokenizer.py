@@ -62,6 +62,13 @@ class TextTokenizer:
             lengths[i] = len(row)
         return ids, lengths
 
+    @property
+    def wraps(self) -> bool:
+        """Whether encoding already puts bos first and eos last (a pretrained tokenizer's
+        template: BERT's [CLS] ... [SEP], CLIP's start ... end); mmtrain's own adds neither."""
+        ids = self.tokenizer.encode("a").ids
+        return len(ids) >= 2 and ids[0] == self.bos_id and ids[-1] == self.eos_id
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 

@@ -25,6 +25,9 @@ from mmtrain.metrics import caption_scores
 from mmtrain.models.model import MultimodalModel
 from mmtrain.tasks import Batch, Evaluation, Task
 
+IGNORE = -100
+"""A target position that is not scored (past a caption's end): F.cross_entropy's default."""
+
 
 class CaptionDecoder(nn.Module):
     """Caption ids B x T attend causally to themselves and fully to the image memory -> logits B x T x V."""
@@ -150,6 +153,7 @@ class CaptioningTask(Task):
         # Without a tokenizer (model building only) the ids are the fixed special-token ids.
         self.bos_id = tok.bos_id if tok is not None else SPECIALS.index(BOS)
         self.eos_id = tok.eos_id if tok is not None else SPECIALS.index(EOS)
+        self.wrapped = tok is not None and tok.wraps
         model.heads[self.name] = CaptionDecoder(info.vocab_size, model.image_encoder.out_dim, self.max_length,
                                                 pad_id=info.pad_id, **self.decoder_options)
 
@@ -161,17 +165,25 @@ class CaptioningTask(Task):
         memory = decoder.memory(model.encode_image(batch["image"]).tokens)
         inputs, target = self._teacher_forcing(batch["text"], batch["text_lengths"])
         logits = decoder(inputs, memory)                                  # B x (T+1) x V
-        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=self.pad_id,
+        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE,
                                label_smoothing=self.label_smoothing)
         return {"loss": loss}
 
     def _teacher_forcing(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids B x T -> inputs [BOS] ids, targets ids [EOS] (pads after it), both B x (T+1)."""
+        """ids B x T -> inputs [BOS] ids and targets ids [EOS], both B x (T+1), IGNORE after
+        each caption's [EOS]. A tokenizer that wraps its texts in bos ... eos itself (a
+        pretrained one) gets nothing added: inputs ids[:-1], targets ids[1:], B x (T-1).
+        Targets mark their end with IGNORE, not pad: some tokenizers pad with their eos id."""
         b = ids.shape[0]
-        inputs = torch.cat([ids.new_full((b, 1), self.bos_id), ids], dim=1)
-        target = torch.cat([ids, ids.new_full((b, 1), self.pad_id)], dim=1)
-        target[torch.arange(b, device=ids.device), lengths] = self.eos_id
-        return inputs, target
+        if self.wrapped:
+            inputs, target, ends = ids[:, :-1], ids[:, 1:].clone(), lengths - 1
+        else:
+            inputs = torch.cat([ids.new_full((b, 1), self.bos_id), ids], dim=1)
+            target = torch.cat([ids, ids.new_full((b, 1), self.pad_id)], dim=1)
+            target[torch.arange(b, device=ids.device), lengths] = self.eos_id
+            ends = lengths + 1
+        positions = torch.arange(target.shape[1], device=ids.device)
+        return inputs, target.masked_fill(positions[None, :] >= ends[:, None], IGNORE)
 
     def generate(self, model: MultimodalModel, images: torch.Tensor, beam_size: int | None = None) -> list[list[int]]:
         """Caption ids for uint8 images B x C x H x W (beam_size 1: greedy)."""
@@ -203,8 +215,8 @@ class CaptioningTask(Task):
             inputs, target = self._teacher_forcing(ids, lengths)
             logits = decoder(inputs, decoder.memory(model.encode_image(batch["image"]).tokens))
             loss = loss + F.cross_entropy(logits.float().flatten(0, 1), target.flatten(),
-                                          ignore_index=self.pad_id, reduction="sum")
-            tokens += int((target != self.pad_id).sum())
+                                          ignore_index=IGNORE, reduction="sum")
+            tokens += int((target != IGNORE).sum())
             keys = batch["image_id"].tolist() if "image_id" in batch else \
                 list(range(offset, offset + ids.shape[0]))
             offset += ids.shape[0]
