@@ -149,3 +149,34 @@ def test_recurrent_encoders_on_the_cpu_compute_what_packed_sequences_compute_wit
     assert out.detach()[~mask.expand_as(out)].abs().max() == 0   # padding zeroed, as unpacking does
     for name, grad in grads[0].items():
         assert torch.allclose(grads[1][name], grad, atol=1e-12), name
+
+
+@pytest.mark.parametrize("slot, kind", [("image_encoder", "ImageEncoder"), ("text_encoder", "TextEncoder")])
+def test_a_tower_that_is_not_an_encoder_is_refused_in_one_line_naming_the_base_class(slot, kind):
+    from mmtrain import data as data_lib
+    from mmtrain.models.model import build_model
+    from tests.helpers import compose
+
+    # nn.Identity takes any arguments, so it builds; it answers none of what an encoder must.
+    cfg = compose(["data.n_train=8", "data.n_val=4", "data.n_test=4", f"model.{slot}._target_=torch.nn.Identity"])
+    with pytest.raises(ConfigError, match=f"model.{slot}: Identity is not an {kind}: subclass mmtrain.models.{kind}"):
+        build_model(cfg.model, data_lib.build(cfg.data).info)
+
+
+def test_a_user_encoder_subclassing_the_base_gets_every_default_ability():
+    from mmtrain.models import EncoderOutput, ImageEncoder
+    from mmtrain.models.model import MultimodalModel
+
+    class Pixels(ImageEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out_dim = 12
+
+        def forward(self, x: torch.Tensor) -> EncoderOutput:
+            return EncoderOutput(x.mean((2, 3)).repeat(1, 4), x.flatten(2).transpose(1, 2).repeat(1, 1, 4))
+
+    tower = Pixels()
+    assert tower.layer_ids() == {} and tower.architecture() is None and tower.joint_space is None
+    assert tower.image_mean is None and Pixels.data_config is None
+    model = MultimodalModel(tower, BowEncoder(vocab_size=10), torch.nn.Identity())
+    assert model.architecture() == {}

@@ -13,6 +13,7 @@ from torch import nn
 
 from mmtrain.config import instantiate
 from mmtrain.errors import ConfigError
+from mmtrain.models import Encoder
 
 
 def layer_scales(model: nn.Module, decay: float) -> dict[str, float]:
@@ -23,7 +24,7 @@ def layer_scales(model: nn.Module, decay: float) -> dict[str, float]:
         raise ConfigError(f"layer_decay={decay} must be in (0, 1]")
     scales: dict[str, float] = {}
     for prefix, module in model.named_children():
-        ids = module.layer_ids() if hasattr(module, "layer_ids") else {}
+        ids = module.layer_ids() if isinstance(module, Encoder) else {}  # fusion and heads: not numbered
         top = max(ids.values(), default=0)
         scales.update({f"{prefix}.{name}": decay ** (top - depth) for name, depth in ids.items()})
     if not scales:

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.models import EncoderOutput, openclip
+from mmtrain.models import EncoderOutput, ImageEncoder, openclip
 from mmtrain.weights import load_state
 
 log = logging.getLogger("mmtrain")
 
 
-class CNNEncoder(nn.Module):
+class CNNEncoder(ImageEncoder):
     """A small conv net: `depth` stride-2 blocks of conv-BN-ReLU, patches projected to `dim`."""
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 32,
@@ -74,7 +74,7 @@ def _adapt_input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(ImageEncoder):
     """torchvision's ResNet-18/34/50 trunk; tokens are the last feature map's cells.
 
     `small_input=true` swaps the 7x7/2 stem and max-pool for a 3x3/1 conv (CIFAR-style), so a
@@ -111,7 +111,7 @@ class ResNetEncoder(nn.Module):
         return EncoderOutput(pooled=tokens.mean(dim=1), tokens=tokens)
 
 
-class ViTEncoder(nn.Module):
+class ViTEncoder(ImageEncoder):
     """A Vision Transformer (torchvision's implementation) at any size.
 
     `vit_tiny` (patch 4, width 192) suits 28-64 px inputs; `vit_b_16` is ViT-B/16 and loads
@@ -177,7 +177,7 @@ def _local_weights(path: str) -> dict[str, torch.Tensor]:
     return load_weights_file(str(where), "model.image_encoder")
 
 
-class TimmEncoder(nn.Module):
+class TimmEncoder(ImageEncoder):
     """Any timm model by name (`resnet50.a1_in1k`, `convnext_tiny`, `vit_base_patch16_224.augreg_in21k`,
     `vit_base_patch16_clip_224.openai`, ...), through its own feature API: tokens from
     `forward_features` (feature-map cells, or the patch tokens without the class token), pooled
@@ -285,7 +285,7 @@ class TimmEncoder(nn.Module):
         return EncoderOutput(pooled=self.proj(pooled), tokens=self.proj(tokens))
 
 
-class OpenCLIPImageEncoder(nn.Module):
+class OpenCLIPImageEncoder(ImageEncoder):
     """The image tower of an open_clip model (`name=ViT-B-32 pretrained=laion2b_s34b_b79k`, a
     local weights file, `hf-hub:ORG/REPO` or `local-dir:FOLDER`; see mmtrain/models/openclip.py).
 

@@ -14,7 +14,7 @@ from mmtrain.config import instantiate
 from mmtrain.data import DataInfo
 from mmtrain.data.tokenizer import TOKENIZER_OPTIONS, TextTokenizer
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.models import EncoderOutput
+from mmtrain.models import Encoder, EncoderOutput, ImageEncoder, TextEncoder
 from mmtrain.models.fusion import PerModalityFusion
 
 MODALITIES = ("image", "text")
@@ -41,9 +41,9 @@ class MultimodalModel(nn.Module):
 
     def architecture(self) -> dict[str, dict[str, Any]]:
         """Per encoder, the constructor arguments that rebuild it offline (see `build_model`)."""
-        return {name: enc.architecture() for name, enc in
-                (("image_encoder", self.image_encoder), ("text_encoder", self.text_encoder))
-                if hasattr(enc, "architecture")}
+        found = {"image_encoder": self.image_encoder.architecture(),
+                 "text_encoder": self.text_encoder.architecture()}
+        return {name: arch for name, arch in found.items() if arch is not None}
 
     def encode_image(self, image: torch.Tensor) -> EncoderOutput:
         x = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
@@ -147,7 +147,9 @@ def drop_modalities(batch: dict[str, torch.Tensor], p: float,
 def _encoder_hook(node: Any, hook: str) -> tuple[Any, dict[str, Any]]:
     """An encoder class's static `hook` (None when it has none) and its config as plain kwargs:
     what the pretrained encoders tell the data before any model is built."""
-    function = getattr(hydra.utils.get_class(str(node._target_)), hook, None)
+    cls = hydra.utils.get_class(str(node._target_))
+    # Not an Encoder: build_model refuses it in one line once it is built.
+    function = getattr(cls, hook) if issubclass(cls, Encoder) else None
     kwargs = {str(k): v for k, v in node.items() if not str(k).startswith("_")}
     return function, OmegaConf.to_container(OmegaConf.create(kwargs), resolve=True)
 
@@ -199,14 +201,17 @@ def build_model(cfg: Any, info: DataInfo, architecture: dict[str, dict[str, Any]
                                  image_size=info.image_size, **_stored(architecture, "image_encoder", cfg))
     text_encoder = instantiate(cfg.text_encoder, vocab_size=info.vocab_size, pad_id=info.pad_id,
                                **_stored(architecture, "text_encoder", cfg))
-    for name, enc in (("image_encoder", image_encoder), ("text_encoder", text_encoder)):
+    for name, enc, kind in (("image_encoder", image_encoder, ImageEncoder), ("text_encoder", text_encoder, TextEncoder)):
+        if not isinstance(enc, kind):
+            raise ConfigError(f"model.{name}: {type(enc).__name__} is not an {kind.__name__}: subclass "
+                              f"mmtrain.models.{kind.__name__} (docs/architecture.md, 'Add an image or text encoder')")
         if not isinstance(getattr(enc, "out_dim", None), int):
             raise ConfigError(f"model.{name}: {type(enc).__name__} must set an integer `out_dim`")
     fusion = instantiate(cfg.fusion, image_dim=image_encoder.out_dim, text_dim=text_encoder.out_dim)
     channels = info.image_channels
     # A pretrained encoder normalizes as it was trained (timm's mean/std), not as the data says.
-    image_mean = getattr(image_encoder, "image_mean", info.image_mean)
-    image_std = getattr(image_encoder, "image_std", info.image_std)
+    image_mean = image_encoder.image_mean if image_encoder.image_mean is not None else info.image_mean
+    image_std = image_encoder.image_std if image_encoder.image_std is not None else info.image_std
     mean = list(image_mean) * (channels // len(image_mean))
     std = list(image_std) * (channels // len(image_std))
     return MultimodalModel(image_encoder, text_encoder, fusion, mean, std)

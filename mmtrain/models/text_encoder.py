@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmtrain.data.tokenizer import TextTokenizer, pretrained_tokenizer
 from mmtrain.errors import CheckpointError, ConfigError
-from mmtrain.models import EncoderOutput, openclip
+from mmtrain.models import EncoderOutput, TextEncoder, openclip
 
 
 def _padding_mask(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,7 @@ def _time_gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
 
 
-class _RNNEncoder(nn.Module):
+class _RNNEncoder(TextEncoder):
     """A (bi)RNN whose outputs on the real tokens do not depend on the padding after them.
 
     On CUDA the sequences are packed (cuDNN skips the padding). Elsewhere packing is
@@ -110,7 +110,7 @@ class LSTMEncoder(_RNNEncoder):
     _run = staticmethod(torch.lstm)
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(TextEncoder):
     """A pre-norm Transformer encoder with learned positions; padding is masked out of attention
     and of the pooled mean, so a text's output does not depend on how much padding follows it."""
 
@@ -144,7 +144,7 @@ class TransformerEncoder(nn.Module):
         return EncoderOutput(pooled=_masked_mean(tokens, mask), tokens=tokens, mask=mask)
 
 
-class BowEncoder(nn.Module):
+class BowEncoder(TextEncoder):
     """Mean of word embeddings (bag of words): the fast baseline, blind to word order."""
 
     def __init__(self, vocab_size: int, pad_id: int = 0, dim: int = 128) -> None:
@@ -214,7 +214,7 @@ def _load_hf_model(name: str, pretrained: bool, model_config: Optional[str]) -> 
     return net
 
 
-class HFTextEncoder(nn.Module):
+class HFTextEncoder(TextEncoder):
     """Any Hugging Face `transformers` encoder (BERT, RoBERTa, DistilBERT, MiniLM, a CLIP text
     tower, ...) by hub id or local folder, with its own tokenizer (see `load_tokenizer`).
 
@@ -290,7 +290,7 @@ class HFTextEncoder(nn.Module):
         return EncoderOutput(pooled=pooled, tokens=tokens, mask=mask)
 
 
-class OpenCLIPTextEncoder(nn.Module):
+class OpenCLIPTextEncoder(TextEncoder):
     """The text tower of an open_clip model (same names and weights as
     `model/image_encoder=open_clip`; see mmtrain/models/openclip.py), with open_clip's tokenizer
     (CLIP's BPE, or the model's Hugging Face one) as the data's tokenizer.

@@ -43,8 +43,8 @@ class ContrastiveHead(nn.Module):
 
 def joint_space(model: Any) -> dict[str, Any] | None:
     """The space both towers already embed into, when they come from one pretrained model."""
-    space = getattr(model.image_encoder, "joint_space", None)
-    return space if space is not None and space == getattr(model.text_encoder, "joint_space", None) else None
+    space = model.image_encoder.joint_space
+    return space if space is not None and space == model.text_encoder.joint_space else None
 
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
