@@ -32,10 +32,6 @@ if TYPE_CHECKING:
     from mmtrain.models.model import MultimodalModel
     from mmtrain.tasks import Task
 
-KINDS = {"ClassificationTask": "classification", "ContrastiveTask": "contrastive",
-         "CaptioningTask": "captioning", "MultitaskTask": "multitask"}
-
-
 @dataclass
 class Loaded:
     """A checkpoint rebuilt for inference: the model in eval mode on `device`."""
@@ -52,7 +48,7 @@ class Loaded:
 
     @property
     def kind(self) -> str:
-        return KINDS.get(type(self.task).__name__, type(self.task).__name__)
+        return self.task.kind or type(self.task).__name__
 
     def require(self, command: str, *kinds: str) -> None:
         """Refuse a checkpoint whose task `command` cannot use, in one line."""

@@ -71,6 +71,10 @@ class Task(ABC):
     input_modalities: tuple[str, ...] = MODALITIES
     supports_gradient_cache: ClassVar[bool] = False
     """True when `cached_backward` is implemented."""
+    kind: ClassVar[str] = ""
+    """What predict, embed, export and zero-shot eval can do with this task's checkpoints:
+    classification, contrastive, captioning or multitask; "" = none of them (a task of your
+    own is named by its class then)."""
 
     @abstractmethod
     def attach(self, model: MultimodalModel, info: DataInfo) -> None:

@@ -115,6 +115,7 @@ class CaptionExamples:
 class CaptioningTask(Task):
     """Teacher-forced cross-entropy; coco-caption's BLEU-1..4, ROUGE-L and CIDEr-D of decoded captions."""
 
+    kind = "captioning"
     monitor = "cider_d"
     monitor_mode = "max"
     input_modalities = ("image",)

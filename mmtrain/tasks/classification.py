@@ -71,6 +71,7 @@ class ClassificationTask(Task):
     model still works when an input is missing (see `mmtrain eval ablate=true`).
     """
 
+    kind = "classification"
     monitor = "accuracy"
     monitor_mode = "max"
 

@@ -117,6 +117,7 @@ def _set_rng_state(device: torch.device, state: tuple) -> None:
 class ContrastiveTask(Task):
     """Pull each image towards its own caption and away from the batch's other captions."""
 
+    kind = "contrastive"
     monitor_mode = "max"
     supports_gradient_cache = True
 

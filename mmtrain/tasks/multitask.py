@@ -22,6 +22,7 @@ from mmtrain.tasks import Batch, Evaluation, Task
 class MultitaskTask(Task):
     """Sum of per-modality cross-entropies (optionally weighted); accuracy per modality."""
 
+    kind = "multitask"
     monitor = "mean_accuracy"
     monitor_mode = "max"
 
