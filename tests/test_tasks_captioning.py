@@ -110,22 +110,24 @@ def test_a_pretrained_tokenizers_own_cls_and_sep_frame_each_caption_once():
         assert row_in[0] == task.bos_id and row_in[1] != task.bos_id
         assert len(scored) == n - 1 and scored[-1] == task.eos_id and task.eos_id not in scored[:-1]
         assert task.bos_id not in scored
+    for evaluation in _memorised(model, task, batch):
+        assert evaluation.metrics["bleu4"] == pytest.approx(1.0), evaluation.artifacts[0].rows[:2]
+
+
+def _memorised(model, task, batch) -> list:
+    """Overfit `batch`'s captions, then evaluate it greedy and with 3 beams."""
     overfit(model, task, batch, steps=400, target=0.01)
     model.eval()
+    evaluations = []
     for beam in (1, 3):
         task.beam_size = beam
-        evaluation = task.evaluate(model, [batch])
-        assert evaluation.metrics["bleu4"] == pytest.approx(1.0), evaluation.artifacts[0].rows[:2]
+        evaluations.append(task.evaluate(model, [batch]))
+    return evaluations
 
 
 def test_a_decoder_that_memorised_its_captions_scores_bleu_one_greedy_and_with_beams():
     model, task, data = build(compose_config(task="captioning"))
-    batch = fixed_batch(data, 8)
-    overfit(model, task, batch, steps=400, target=0.01)
-    model.eval()
-    for beam in (1, 3):
-        task.beam_size = beam
-        evaluation = task.evaluate(model, [batch])
+    for evaluation in _memorised(model, task, fixed_batch(data, 8)):
         assert evaluation.metrics["bleu4"] == pytest.approx(1.0), evaluation.artifacts[0].rows[:2]
         assert evaluation.metrics["cider_d"] > 5.0
 
