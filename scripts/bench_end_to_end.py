@@ -44,7 +44,7 @@ N_TRAIN, EPOCHS = 10000, (2, 8)
 
 
 def minimal(out_dir: Path, threads: int | None, n_train: int, epochs: tuple[int, int]) -> None:
-    """The recipe as a hand-written loop; prints its test accuracy as JSON."""
+    """The recipe as a hand-written loop; prints its test accuracy and loss as JSON."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -61,7 +61,8 @@ def minimal(out_dir: Path, threads: int | None, n_train: int, epochs: tuple[int,
 
     torch.set_num_threads(threads or default_num_threads())
     torch.manual_seed(SEED)
-    data = build_synthetic(n_train=n_train, seed=SEED, tokenizer_options={"kind": "word", "vocab_size": 1000, "max_length": 32})
+    data = build_synthetic(n_train=n_train, seed=SEED,
+                           tokenizer_options={"kind": "word", "vocab_size": 1000, "max_length": 32})
     info = data.info
     image = CNNEncoder(in_channels=info.image_channels, image_size=info.image_size, width=32, depth=3, dim=128)
     text = GRUEncoder(vocab_size=info.vocab_size, pad_id=info.pad_id, embed_dim=64, hidden_dim=128,
@@ -98,8 +99,9 @@ def minimal(out_dir: Path, threads: int | None, n_train: int, epochs: tuple[int,
                                        {"params": no_decay, "weight_decay": 0.0}], lr=LR)
         total = len(train) * stage_epochs
         warmup = round(WARMUP_RATIO * total)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else
-                                                     0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: (s + 1) / warmup if s < warmup else
+            0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
         monitor = "i2t_r1" if kind == "contrastive" else "accuracy"
         best = -1.0
         model.train()

@@ -201,7 +201,8 @@ def build_model(cfg: Any, info: DataInfo, architecture: dict[str, dict[str, Any]
                                  image_size=info.image_size, **_stored(architecture, "image_encoder", cfg))
     text_encoder = instantiate(cfg.text_encoder, vocab_size=info.vocab_size, pad_id=info.pad_id,
                                **_stored(architecture, "text_encoder", cfg))
-    for name, enc, kind in (("image_encoder", image_encoder, ImageEncoder), ("text_encoder", text_encoder, TextEncoder)):
+    for name, enc, kind in (("image_encoder", image_encoder, ImageEncoder),
+                            ("text_encoder", text_encoder, TextEncoder)):
         if not isinstance(enc, kind):
             raise ConfigError(f"model.{name}: {type(enc).__name__} is not an {kind.__name__}: subclass "
                               f"mmtrain.models.{kind.__name__} (docs/architecture.md, 'Add an image or text encoder')")
