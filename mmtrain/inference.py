@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from mmtrain.models.model import MultimodalModel
     from mmtrain.tasks import Task
 
+
 @dataclass
 class Loaded:
     """A checkpoint rebuilt for inference: the model in eval mode on `device`."""

@@ -102,7 +102,7 @@ def minimal(out_dir: Path, threads: int | None, n_train: int, epochs: tuple[int,
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (s + 1) / warmup if s < warmup else
             0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
-        monitor = "i2t_r1" if kind == "contrastive" else "accuracy"
+        monitor = task.monitor  # what picks best.pt in mmtrain too
         best = -1.0
         model.train()
         for epoch in range(stage_epochs):

@@ -141,7 +141,7 @@ class ViTEncoder(ImageEncoder):
             if "encoder.pos_embedding" in state:
                 state = interpolate_embeddings(image_size, patch_size, state)
             load_state(self.vit, state, f"model.image_encoder.pretrained={pretrained} does not fit this "
-                                          f"ViT (dim={dim}, depth={depth}, patch_size={patch_size})")
+                                        f"ViT (dim={dim}, depth={depth}, patch_size={patch_size})")
         self.vit.conv_proj = _adapt_input_conv(self.vit.conv_proj, in_channels)
         self.out_dim = dim
 

@@ -20,6 +20,8 @@ optional, with defaults
   (captioning's text is its target, so it lists only the image);
 - `supports_gradient_cache` (False) with `cached_backward(...)`: the one hook through which
   the trainer runs `trainer.contrastive_accumulation=cache` (the contrastive task has it).
+- `kind` (""): what predict, embed, export and zero-shot eval can do with the task's
+  checkpoints (classification, contrastive, captioning, multitask).
 
 `build_tasks` checks once that each configured task is a `Task`; nothing looks abilities up
 by name afterwards.
